@@ -1,0 +1,39 @@
+# edgeseal developer commands. `make test` and `make demo` do all set-up themselves:
+# a virtual environment in .venv, the Python packages, and Mosquitto (apt-get, when root).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PKGS   := edge_protocol edge_agent firmware_bridge broker_config fleet_cli
+
+.PHONY: test demo venv mosquitto lint typecheck pytest bench clean
+
+test: venv mosquitto lint typecheck pytest
+
+demo: venv mosquitto
+	$(BIN)/fleet demo
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+mosquitto:
+	@sh tools/ensure-mosquitto.sh
+
+lint:
+	$(BIN)/ruff check $(PKGS) tests bench tools
+	$(BIN)/ruff format --check $(PKGS) tests bench tools
+
+typecheck:
+	$(BIN)/mypy
+
+pytest:
+	$(BIN)/python -m pytest -q
+
+bench: venv
+	$(BIN)/python bench/envelope.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,5 @@
+import sys
+
+from fleet_cli.app import main
+
+sys.exit(main())

@@ -1,0 +1,85 @@
+"""The ``fleet`` command: one Typer app, one sub-app per noun, errors printed once here.
+
+Every command is a thin shell over importable functions. Errors from any edgeseal package are caught
+in :func:`main` and printed as one line with a hint; ``-v``/``--verbose`` or ``EDGESEAL_DEBUG=1``
+shows the traceback as well.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from broker_config.errors import BrokerError
+from edge_protocol.errors import ProtocolError
+from fleet_cli import inspect_cmd
+from fleet_cli.errors import FleetError
+
+app = typer.Typer(
+    name="fleet",
+    help="Operate an edgeseal fleet: devices, broker, collection and verification of signed results.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("inspect")(inspect_cmd.inspect)
+
+_VERBOSE = False
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more and show tracebacks.")] = False,
+) -> None:
+    global _VERBOSE  # noqa: PLW0603 - the one process-wide switch, set once per invocation
+    _VERBOSE = verbose
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _fail(message: str, hint: str | None, code: int) -> int:
+    typer.echo(f"error: {message}", err=True)
+    if hint:
+        typer.echo(f"hint: {hint}", err=True)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``fleet`` console script."""
+    debug = os.environ.get("EDGESEAL_DEBUG") == "1"
+    try:
+        app(args=argv, standalone_mode=False)
+    except FleetError as e:
+        if debug or _VERBOSE:
+            raise
+        return _fail(str(e), e.hint, e.exit_code)
+    except (BrokerError, ProtocolError) as e:
+        if debug or _VERBOSE:
+            raise
+        return _fail(str(e), getattr(e, "hint", None), 1)
+    except KeyboardInterrupt:
+        return 130
+    except SystemExit as e:
+        return int(e.code) if isinstance(e.code, int) else 0
+    except Exception as e:  # click's own usage errors and aborts
+        import click
+
+        if isinstance(e, click.exceptions.Exit):
+            return e.exit_code
+        if isinstance(e, click.ClickException):
+            e.show()
+            return 2
+        if isinstance(e, click.exceptions.Abort):
+            return 130
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
