@@ -163,9 +163,7 @@ def seal(payload: Mapping[int, object], signer: Signer, fleet: str) -> Sealed:
     payload_bytes = encode_payload(payload)
     protected = protected_header(signer.kid)
     signature = signer.sign(sig_structure(protected, fleet, payload_bytes))
-    cose = b"".join(
-        (_TAG18_ARRAY4, _bstr(protected), b"\xa0", _bstr(payload_bytes), _SIG_HEADER, signature)
-    )
+    cose = b"".join((_TAG18_ARRAY4, _bstr(protected), b"\xa0", _bstr(payload_bytes), _SIG_HEADER, signature))
     if len(cose) > MAX_ENVELOPE_BYTES:
         raise EnvelopeError(Verdict.TOO_LARGE, f"envelope of {len(cose)} bytes exceeds {MAX_ENVELOPE_BYTES}")
     return Sealed(cose=cose, msg_id=message_id(payload_bytes), payload_bytes=payload_bytes)
@@ -265,7 +263,9 @@ def decode_unverified(cose: bytes) -> Opened:
     """Decode strictly without checking the signature (for display and for routing by kid)."""
     parts = _split(bytes(cose))
     payload, kind = decode_payload(parts.payload_bytes)
-    return Opened(payload, parts.payload_bytes, message_id(parts.payload_bytes), parts.kid, parts.signature, kind)
+    return Opened(
+        payload, parts.payload_bytes, message_id(parts.payload_bytes), parts.kid, parts.signature, kind
+    )
 
 
 KeySource = bytes | Verifier | Mapping[bytes, Verifier]
@@ -292,7 +292,9 @@ def open_envelope(cose: bytes, fleet: str, keys: KeySource) -> Opened:
     if not verifier.verify(sig_structure(parts.protected, fleet, parts.payload_bytes), parts.signature):
         raise EnvelopeError(Verdict.BAD_SIGNATURE, "signature does not verify for this fleet and key")
     payload, kind = decode_payload(parts.payload_bytes)
-    return Opened(payload, parts.payload_bytes, message_id(parts.payload_bytes), parts.kid, parts.signature, kind)
+    return Opened(
+        payload, parts.payload_bytes, message_id(parts.payload_bytes), parts.kid, parts.signature, kind
+    )
 
 
 class KeyRing(dict[bytes, Verifier]):

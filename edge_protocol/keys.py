@@ -154,7 +154,9 @@ def read_private_key(path: Path) -> Signer:
     except (OSError, UnicodeDecodeError) as e:
         raise KeyFileError(f"cannot read key file {path}: {e}") from e
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        err = KeyFileError(f"key file {path} is accessible by other users (mode {stat.S_IMODE(st.st_mode):o})")
+        err = KeyFileError(
+            f"key file {path} is accessible by other users (mode {stat.S_IMODE(st.st_mode):o})"
+        )
         err.hint = f"chmod 600 {path}"
         raise err
     try:

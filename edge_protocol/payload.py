@@ -132,7 +132,7 @@ def check_payload(payload: Mapping[Any, Any]) -> Kind:
     raw_kind = payload.get(Key.KIND)
     if not _is_uint(raw_kind) or raw_kind not in Kind._value2member_map_:
         raise SchemaError(f"unknown kind {raw_kind!r}")
-    kind = Kind(raw_kind)
+    kind = Kind(int(raw_kind))  # type: ignore[arg-type]
     required, optional = SCHEMA[kind]
     required = required | _COMMON
     present = {Key(k) for k in payload}
@@ -149,15 +149,15 @@ def check_payload(payload: Mapping[Any, Any]) -> Kind:
         name = KEY_NAMES[k]
         if key in _UINT_KEYS and not _is_uint(v):
             raise SchemaError(f"{name} must be an unsigned integer")
-        elif key in _B32_KEYS and not (isinstance(v, bytes) and len(v) == 32):
+        if key in _B32_KEYS and not (isinstance(v, bytes) and len(v) == 32):
             raise SchemaError(f"{name} must be a 32-byte string")
-        elif key is Key.ID and not (isinstance(v, bytes) and len(v) == 16):
+        if key is Key.ID and not (isinstance(v, bytes) and len(v) == 16):
             raise SchemaError("id must be a 16-byte string")
-        elif key in (Key.DEV, Key.PIPE) and not is_valid_id(v):
+        if key in (Key.DEV, Key.PIPE) and not is_valid_id(v):
             raise SchemaError(f"{name} is not a valid id")
-        elif key is Key.CMD and not (isinstance(v, str) and 0 < len(v) <= 63):
+        if key is Key.CMD and not (isinstance(v, str) and 0 < len(v) <= 63):
             raise SchemaError("cmd must be a short text")
-        elif key in _MAP_KEYS and not isinstance(v, Mapping):
+        if key in _MAP_KEYS and not isinstance(v, Mapping):
             raise SchemaError(f"{name} must be a map")
         check_value(v, name)
     return kind
