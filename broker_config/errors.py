@@ -9,3 +9,15 @@ class BrokerError(Exception):
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
         self.hint = hint
+
+
+class BrokerConfigError(BrokerError):
+    """The inputs to rendering are invalid: a bad account name, port, path or password hash."""
+
+
+class BrokerFileError(BrokerError):
+    """The rendered files cannot be written, or the broker's user cannot read them."""
+
+
+class BrokerNotRunningError(BrokerError):
+    """A reload or stop was asked for but no broker started by ``fleet broker start`` is running."""

@@ -1,7 +1,10 @@
 """Run a Mosquitto process with a given config file: start, wait until it listens, stop.
 
-Used by ``fleet broker start``, ``fleet demo`` and the test fixtures. The process is owned by the
-caller: :meth:`MosquittoProcess.stop` sends SIGTERM, waits, then SIGKILLs.
+Used by ``fleet broker start``, ``fleet demo`` and the test fixtures. A :class:`MosquittoProcess` is
+owned by the caller: :meth:`MosquittoProcess.stop` sends SIGTERM, waits, then SIGKILLs.
+:func:`start_background` starts one that outlives the caller and records it in a pid file, which
+:func:`signal_background` and :func:`stop_background` use; they check that the pid still belongs to
+a ``mosquitto -c <that config>`` before signalling it, so a recycled pid is never hit.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import NoReturn
 
-from broker_config.errors import BrokerError
+from broker_config.errors import BrokerError, BrokerNotRunningError
 
 # Debian installs the broker in /usr/sbin, which is not on a normal user's PATH.
 _EXTRA_DIRS = ("/usr/sbin", "/usr/local/sbin")
@@ -121,3 +125,127 @@ class MosquittoProcess:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def _log_tail(log: Path) -> str:
+    try:
+        with log.open("rb") as f:
+            f.seek(max(0, log.stat().st_size - 800))
+            return f.read().decode("utf-8", errors="replace").strip() or "(nothing)"
+    except OSError:
+        return "(no log)"
+
+
+def _reap(pid: int) -> bool:
+    """Collect ``pid`` if it is our exited child; True if it is gone."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:  # not our child: someone else reaps it
+        return not _alive(pid)
+    return done == pid
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def start_background(config: Path, port: int, pid_file: Path, log: Path, host: str = "127.0.0.1") -> int:
+    """Start ``mosquitto -c config`` detached (own session, output appended to ``log``), wait until
+    it listens on ``(host, port)``, write ``pid_file`` and return the pid."""
+    binary = mosquitto_binary()
+    existing = running_pid(pid_file, config)
+    if existing is not None:
+        raise BrokerError(
+            f"a broker with {config} is already running (pid {existing})",
+            hint="`fleet broker reload` applies changes, `fleet broker stop` stops it",
+        )
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    try:
+        pid = os.posix_spawn(
+            binary,
+            [binary, "-c", str(config)],
+            dict(os.environ),
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, fd, 1),
+                (os.POSIX_SPAWN_DUP2, fd, 2),
+            ],
+            setsid=True,
+        )
+    finally:
+        os.close(fd)
+    if not wait_listening(host, port, START_TIMEOUT_S) or _reap(pid):
+        if not _reap(pid):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        raise BrokerError(
+            f"mosquitto did not start listening on {host}:{port}", hint=f"its log says: {_log_tail(log)}"
+        )
+    pid_file.write_text(f"{pid}\n")
+    return pid
+
+
+def running_pid(pid_file: Path, config: Path) -> int | None:
+    """The pid in ``pid_file`` if that process is alive and is a mosquitto run with ``config``."""
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if pid <= 1 or _reap(pid):
+        return None
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return pid if _alive(pid) else None  # no /proc (macOS): trust the pid file
+    if not argv or not argv[0].endswith(b"mosquitto") or str(config).encode() not in argv:
+        return None
+    return pid
+
+
+def signal_background(pid_file: Path, config: Path, sig: signal.Signals) -> int:
+    """Send ``sig`` to the broker recorded in ``pid_file``; return its pid."""
+    pid = running_pid(pid_file, config)
+    if pid is None:
+        raise BrokerNotRunningError(
+            f"no broker started with {config} is running", hint="start it with `fleet broker start`"
+        )
+    os.kill(pid, sig)
+    return pid
+
+
+def stop_background(pid_file: Path, config: Path) -> int | None:
+    """SIGTERM the recorded broker, wait, SIGKILL if it lingers; remove the pid file. Its pid or None."""
+    pid = running_pid(pid_file, config)
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while not _reap(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not _reap(pid):
+            os.kill(pid, signal.SIGKILL)
+            while not _reap(pid):
+                time.sleep(0.02)
+    with contextlib.suppress(FileNotFoundError):
+        pid_file.unlink()
+    return pid
+
+
+def exec_foreground(config: Path, pid_file: Path) -> NoReturn:
+    """Replace this process with ``mosquitto -c config`` (for systemd or a terminal); the pid file
+    records this pid, which the broker keeps."""
+    binary = mosquitto_binary()
+    pid_file.write_text(f"{os.getpid()}\n")
+    os.execv(binary, [binary, "-c", str(config)])  # noqa: S606 - fixed argv, no shell
+
+
+def mosquitto_version() -> str:
+    """``mosquitto version 2.0.11`` -> ``2.0.11`` (empty if it cannot be told)."""
+    out = subprocess.run([mosquitto_binary(), "-h"], capture_output=True, text=True, check=False).stdout
+    first = out.splitlines()[0] if out else ""
+    return first.rsplit(" ", 1)[-1] if first.startswith("mosquitto version") else ""
