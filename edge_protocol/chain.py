@@ -1,0 +1,267 @@
+"""The per-device chain verifier (DESIGN §2 "The chain and counters", "What the verifier decides").
+
+A pure state machine: no I/O, no clock of its own (the caller passes ``now`` in seconds, any monotonic
+scale). It is fed envelopes that already passed :func:`edge_protocol.envelope.open_envelope`, in ANY
+order (shared subscriptions keep none), and decides, per device message ``(dev, boot, seq, prev, msg_id)``:
+
+- ``DUPLICATE``: the same ``(dev, boot, seq)`` with the same msg_id was seen before (QoS 1 redelivery);
+- ``EQUIVOCATION``: the same ``(dev, boot, seq)`` with a different msg_id (two signed histories);
+- ``FORK``: ``prev`` disagrees with the msg_id stored for ``(boot, seq-1)``; or a stored ``(boot, seq+1)``
+  names another ``prev``; or a birth's ``prev`` names a message of the same or a later boot, or is all
+  zeros although earlier boots of the device are known;
+- ``ACCEPTED`` otherwise.
+
+Ordering rules it enforces, whatever the arrival order:
+
+1. an accepted message never changes state already decided: a later contradiction is the later
+   message's verdict (FORK or EQUIVOCATION), never a retraction;
+2. old boots are not replays: a backlog from boot b-1 may arrive after boot b's birth;
+3. a seq missing below the highest seq seen of its boot is reported as a GAP once it has been missing
+   for ``reorder_timeout_s`` (see :meth:`ChainVerifier.expire`), unless the device's own signed gap
+   record covers it. A reported gap is final: if the message comes later it is still ACCEPTED (the
+   data is real and signed) and counted as ``late``.
+
+State can be rebuilt after a restart from stored contiguous heads (:meth:`ChainVerifier.restore`). Below
+a restored head the verifier no longer knows msg_ids; ``recall`` (an injected lookup, for example into
+the collector's message store) answers for those, else a message at or below a restored head is judged
+only against the head itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from edge_protocol.envelope import Verdict
+
+ZERO_ID = bytes(32)
+# How many boots' missing-seq bookkeeping one device may hold; a device cannot grow it without bound.
+MAX_PENDING_GAPS_PER_DEVICE = 100_000
+
+Recall = Callable[[str, int, int], tuple[bytes, bytes] | None]
+"""``recall(dev, boot, seq) -> (msg_id, prev)`` of a stored message, or None."""
+
+
+@dataclass(frozen=True)
+class Link:
+    """What the chain needs of a device message."""
+
+    dev: str
+    boot: int
+    seq: int
+    prev: bytes
+    msg_id: bytes
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    reason: str = ""
+    late: bool = False  # accepted after its seq had already been reported as a gap
+
+
+@dataclass(frozen=True)
+class GapReport:
+    """Seqs ``first..last`` of ``boot`` that did not arrive within the reorder timeout."""
+
+    dev: str
+    boot: int
+    first: int
+    last: int
+
+    @property
+    def count(self) -> int:
+        return self.last - self.first + 1
+
+
+@dataclass(frozen=True)
+class Head:
+    """The contiguous head of one boot: every seq ≤ ``seq`` is stored, reported or covered."""
+
+    boot: int
+    seq: int
+    msg_id: bytes
+
+
+@dataclass
+class _Boot:
+    seen: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # seq -> (msg_id, prev)
+    head: int = -1  # contiguous: every seq <= head is seen, covered by a gap record, or reported
+    head_id: bytes | None = None
+    top: int = -1  # highest seq seen
+    covered: set[int] = field(default_factory=set)  # seqs the device itself reported dropped
+    reported: set[int] = field(default_factory=set)  # seqs reported as GAP by the timeout
+    missing_since: dict[int, float] = field(default_factory=dict)
+    restored_floor: int = -1  # seqs <= this were restored as a head: ids unknown except the head's
+
+
+@dataclass
+class _Device:
+    boots: dict[int, _Boot] = field(default_factory=dict)
+    by_id: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # msg_id -> (boot, seq)
+
+
+class ChainVerifier:
+    """Chain state of every device of a fleet. See the module docstring for the rules."""
+
+    def __init__(self, reorder_timeout_s: float = 30.0, recall: Recall | None = None) -> None:
+        self.reorder_timeout_s = reorder_timeout_s
+        self._recall = recall
+        self._devices: dict[str, _Device] = {}
+
+    # -- state -----------------------------------------------------------------------------
+    def _device(self, dev: str) -> _Device:
+        d = self._devices.get(dev)
+        if d is None:
+            d = self._devices[dev] = _Device()
+        return d
+
+    def restore(self, dev: str, heads: list[Head]) -> None:
+        """Start from stored contiguous heads (one per boot) after a restart."""
+        d = self._device(dev)
+        for h in heads:
+            b = d.boots.setdefault(h.boot, _Boot())
+            if h.seq > b.head:
+                b.head = b.top = b.restored_floor = h.seq
+                b.head_id = h.msg_id
+                d.by_id[h.msg_id] = (h.boot, h.seq)
+
+    def heads(self, dev: str) -> list[Head]:
+        """The contiguous head of each boot of ``dev`` (what a store persists to restart from)."""
+        d = self._devices.get(dev)
+        if d is None:
+            return []
+        out = []
+        for boot in sorted(d.boots):
+            b = d.boots[boot]
+            if b.head >= 0:
+                head_id = b.head_id if b.head_id is not None else b.seen.get(b.head, (ZERO_ID, ZERO_ID))[0]
+                out.append(Head(boot, b.head, head_id))
+        return out
+
+    def devices(self) -> Iterator[str]:
+        return iter(self._devices)
+
+    def snapshot(self, dev: str) -> dict[tuple[int, int], bytes]:
+        """Every accepted ``(boot, seq) -> msg_id`` known in memory for ``dev`` (for tests and tools)."""
+        d = self._devices.get(dev)
+        if d is None:
+            return {}
+        return {(boot, s): ids[0] for boot, b in d.boots.items() for s, ids in b.seen.items()}
+
+    # -- deciding --------------------------------------------------------------------------
+    def _lookup(self, dev: str, d: _Device, boot: int, seq: int) -> tuple[bytes, bytes] | None:
+        b = d.boots.get(boot)
+        if b is not None:
+            hit = b.seen.get(seq)
+            if hit is not None:
+                return hit
+            if seq <= b.restored_floor and self._recall is not None:
+                return self._recall(dev, boot, seq)
+        elif self._recall is not None:
+            return self._recall(dev, boot, seq)
+        return None
+
+    def observe(self, link: Link, now: float, gap: tuple[int, int] | None = None) -> Decision:
+        """Decide one device message. ``gap`` is the (from, to) of a device-signed gap record it carries."""
+        d = self._device(link.dev)
+        b = d.boots.get(link.boot)
+
+        known = self._lookup(link.dev, d, link.boot, link.seq)
+        if known is None and b is not None and link.seq == b.restored_floor and b.head_id is not None:
+            known = (b.head_id, b"")
+        if known is not None:
+            if known[0] == link.msg_id:
+                return Decision(Verdict.DUPLICATE, f"boot {link.boot} seq {link.seq} seen before")
+            return Decision(
+                Verdict.EQUIVOCATION, f"boot {link.boot} seq {link.seq} signed twice, differently"
+            )
+        if b is not None and link.seq < b.restored_floor and self._recall is None:
+            return Decision(Verdict.DUPLICATE, f"boot {link.boot} seq {link.seq} is below the stored head")
+
+        reason = self._fork_reason(link, d)
+        if reason is not None:
+            return Decision(Verdict.FORK, reason)
+
+        if b is None:
+            b = d.boots[link.boot] = _Boot()
+        late = link.seq in b.reported
+        b.seen[link.seq] = (link.msg_id, link.prev)
+        d.by_id[link.msg_id] = (link.boot, link.seq)
+        b.missing_since.pop(link.seq, None)
+        if gap is not None:
+            lo, hi = gap
+            for s in range(max(lo, 0), min(hi, link.seq - 1) + 1):
+                if s not in b.seen:
+                    b.covered.add(s)
+                    b.missing_since.pop(s, None)
+        if link.seq > b.top:
+            for s in range(b.top + 1, link.seq):
+                if (
+                    s not in b.seen
+                    and s not in b.covered
+                    and len(b.missing_since) < MAX_PENDING_GAPS_PER_DEVICE
+                ):
+                    b.missing_since.setdefault(s, now)
+            b.top = link.seq
+        self._advance(b)
+        return Decision(Verdict.ACCEPTED, late=late)
+
+    def _fork_reason(self, link: Link, d: _Device) -> str | None:
+        if link.seq > 0:
+            before = self._lookup(link.dev, d, link.boot, link.seq - 1)
+            b = d.boots.get(link.boot)
+            if before is None and b is not None and link.seq - 1 == b.restored_floor:
+                before = (b.head_id or ZERO_ID, b"")
+            if before is not None and before[0] != link.prev:
+                return f"prev does not match the message at boot {link.boot} seq {link.seq - 1}"
+        after = self._lookup(link.dev, d, link.boot, link.seq + 1)
+        if after is not None and after[1] and after[1] != link.msg_id:
+            return f"the message at boot {link.boot} seq {link.seq + 1} names another prev"
+        if link.seq == 0:
+            if link.prev == ZERO_ID:
+                earlier = [boot for boot in d.boots if boot < link.boot]
+                if earlier:
+                    return "birth claims to be the device's first message, but earlier boots are known"
+            else:
+                where = d.by_id.get(link.prev)
+                if where is not None and where[0] >= link.boot:
+                    return f"birth's prev names a message of boot {where[0]}, not an earlier boot"
+        return None
+
+    @staticmethod
+    def _advance(b: _Boot) -> None:
+        s = b.head + 1
+        while s in b.seen or s in b.covered or s in b.reported:
+            s += 1
+        if s - 1 != b.head:
+            b.head = s - 1
+            hit = b.seen.get(b.head)
+            b.head_id = hit[0] if hit is not None else b.head_id
+
+    def expire(self, now: float) -> list[GapReport]:
+        """Report seqs missing for longer than the reorder timeout (each once), as contiguous ranges."""
+        reports: list[GapReport] = []
+        for dev, d in self._devices.items():
+            for boot in sorted(d.boots):
+                b = d.boots[boot]
+                due = sorted(s for s, t0 in b.missing_since.items() if now - t0 >= self.reorder_timeout_s)
+                if not due:
+                    continue
+                for s in due:
+                    del b.missing_since[s]
+                    b.reported.add(s)
+                start = prev = due[0]
+                for s in due[1:]:
+                    if s != prev + 1:
+                        reports.append(GapReport(dev, boot, start, prev))
+                        start = s
+                    prev = s
+                reports.append(GapReport(dev, boot, start, prev))
+                self._advance(b)
+        return reports
+
+    def pending(self, dev: str) -> int:
+        """How many seqs of ``dev`` are missing but still within the reorder timeout."""
+        d = self._devices.get(dev)
+        return sum(len(b.missing_since) for b in d.boots.values()) if d else 0
