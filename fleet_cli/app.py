@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fleet`` console script."""
     debug = os.environ.get("EDGESEAL_DEBUG") == "1"
     try:
-        app(args=argv, standalone_mode=False)
+        # standalone mode: Typer prints its own usage errors (exit 2) and turns Exit into SystemExit;
+        # every other exception reaches the clauses below.
+        app(args=argv, prog_name="fleet")
     except FleetError as e:
         if debug or _VERBOSE:
             raise
@@ -66,18 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except SystemExit as e:
-        return int(e.code) if isinstance(e.code, int) else 0
-    except Exception as e:  # click's own usage errors and aborts
-        import click
-
-        if isinstance(e, click.exceptions.Exit):
-            return e.exit_code
-        if isinstance(e, click.ClickException):
-            e.show()
-            return 2
-        if isinstance(e, click.exceptions.Abort):
-            return 130
-        raise
+        if e.code is None:
+            return 0
+        return e.code if isinstance(e.code, int) else _fail(str(e.code), None, 1)
     return 0
 
 
