@@ -247,3 +247,19 @@ def render_conf(fleet: str, settings: BrokerSettings) -> str:
     else:
         lines += ["", "# No plain listener (plain_port = 0)."]
     return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class Listener:
+    port: int
+    bind: str  # "" = all interfaces
+
+
+def listeners(conf_text: str) -> list[Listener]:
+    """The ``listener`` lines of a rendered ``mosquitto.conf``, in order (the TLS one first)."""
+    out = []
+    for line in conf_text.splitlines():
+        parts = line.split()
+        if len(parts) in (2, 3) and parts[0] == "listener" and parts[1].isdigit():
+            out.append(Listener(int(parts[1]), parts[2] if len(parts) == 3 else ""))
+    return out

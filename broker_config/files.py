@@ -106,21 +106,23 @@ def prepare_dir(path: Path, ownership: Ownership, *, owner_is_broker: bool = Fal
         raise BrokerFileError(f"cannot prepare directory {path}: {e.strerror or e}") from e
 
 
-def check_reachable(path: Path, run_as: str) -> None:
-    """Raise :class:`BrokerFileError` if user ``run_as`` cannot traverse every parent of ``path``.
+def blocking_dir(path: Path, run_as: str) -> Path | None:
+    """The first existing parent of ``path`` that user ``run_as`` cannot traverse, or None.
 
-    Only meaningful when we are root (otherwise the broker runs as us). A home directory of mode
-    0700 (``/root``) is the usual culprit: the broker then fails with "Unable to open pwfile".
+    Always None unless we are root (otherwise the broker runs as us).
     """
     if os.geteuid() != 0:
-        return
+        return None
     try:
         entry = pwd.getpwnam(run_as)
     except KeyError:
-        return  # ownership_for() reports this one
+        return None  # ownership_for() reports this one
     groups = {entry.pw_gid} | {g.gr_gid for g in grp.getgrall() if run_as in g.gr_mem}
-    for parent in reversed(Path(path).resolve().parents):
-        st = parent.stat()
+    for parent in reversed(Path(path).absolute().parents):
+        try:
+            st = parent.stat()
+        except FileNotFoundError:
+            return None  # will be created by us with mode 0755
         if st.st_uid == entry.pw_uid:
             ok = bool(st.st_mode & stat.S_IXUSR)
         elif st.st_gid in groups:
@@ -128,11 +130,24 @@ def check_reachable(path: Path, run_as: str) -> None:
         else:
             ok = bool(st.st_mode & stat.S_IXOTH)
         if not ok:
-            raise BrokerFileError(
-                f"the broker runs as user {run_as!r}, which cannot enter {parent} "
-                f"(mode {stat.S_IMODE(st.st_mode):o}), so it could not read its files under {path}",
-                hint=(
-                    f"put the broker directory where {run_as!r} can reach it: set [broker] dir in "
-                    "fleet.toml (e.g. /var/lib/edgeseal/broker) or use --home, or `chmod o+x` that directory"
-                ),
-            )
+            return parent
+    return None
+
+
+def check_reachable(path: Path, run_as: str) -> None:
+    """Raise :class:`BrokerFileError` if user ``run_as`` cannot traverse every parent of ``path``.
+
+    A home directory of mode 0700 (``/root``) is the usual culprit: the broker would then fail
+    with "Unable to open pwfile".
+    """
+    parent = blocking_dir(path, run_as)
+    if parent is not None:
+        mode = stat.S_IMODE(parent.stat().st_mode)
+        raise BrokerFileError(
+            f"the broker runs as user {run_as!r}, which cannot enter {parent} (mode {mode:o}), "
+            f"so it could not read its files under {path}",
+            hint=(
+                f"put the broker directory where {run_as!r} can reach it: set [broker] dir in "
+                "fleet.toml (e.g. /var/lib/edgeseal/broker) or use --home, or `chmod o+x` that directory"
+            ),
+        )

@@ -16,7 +16,7 @@ import typer
 
 from broker_config.errors import BrokerError
 from edge_protocol.errors import ProtocolError
-from fleet_cli import inspect_cmd
+from fleet_cli import broker_cmd, device_cmd, init_cmd, inspect_cmd, user_cmd
 from fleet_cli.errors import FleetError
 
 app = typer.Typer(
@@ -27,6 +27,10 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command("inspect")(inspect_cmd.inspect)
+app.command("init")(init_cmd.init)
+app.add_typer(device_cmd.app, name="device")
+app.add_typer(user_cmd.app, name="user")
+app.add_typer(broker_cmd.app, name="broker")
 
 _VERBOSE = False
 

@@ -10,8 +10,9 @@ Layout (DESIGN §4)::
     <home>/registry.db     devices, users, claim tokens, bound keys (SQLite WAL)  0600
     <home>/broker/         the rendered Mosquitto set-up (broker_config)
 
-The home directory itself is 0700. :func:`init_fleet` writes everything or refuses: it never
-overwrites an existing fleet. :meth:`FleetHome.load` reads and validates ``fleet.toml``.
+The home directory itself is 0700 (0711 when root, see :func:`home_mode`). :func:`init_fleet` writes
+everything or refuses: it never overwrites an existing fleet. :meth:`FleetHome.load` reads and
+validates ``fleet.toml``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 from broker_config.accounts import Role
 from broker_config.conf import DEFAULT_PLAIN_PORT, DEFAULT_RUN_AS, DEFAULT_TLS_PORT, BrokerSettings
 from broker_config.errors import BrokerConfigError
+from broker_config.files import blocking_dir
 from broker_config.tls import CertAndKey, general_names, generate_ca
 from edge_protocol.errors import InvalidId
 from edge_protocol.ids import validate_id
@@ -52,6 +54,14 @@ DEFAULT_FLEET = "demo"
 DEFAULT_COLLECTOR_USER = "collector"
 DEFAULT_OPERATOR_USER = "operator"
 DEFAULT_SANS = ("localhost", "127.0.0.1", "::1")
+# Where root's broker goes when the home is out of the broker user's reach (/root is 0700).
+SYSTEM_BROKER_ROOT = Path("/var/lib/edgeseal")
+
+
+def home_mode() -> int:
+    """0700, or 0711 when root: the broker, running as its own user, must pass through the home to
+    reach ``broker/`` (FIELD-NOTES); it cannot list the home, and every secret in it is 0600."""
+    return 0o711 if os.geteuid() == 0 else 0o700
 
 
 @dataclass(frozen=True)
@@ -316,6 +326,10 @@ def init_fleet(
         ),
     )
     root = Path(home).expanduser().absolute()
+    if not broker_dir and blocking_dir(root, DEFAULT_RUN_AS) is not None:
+        # Root with a home under /root: keep the broker where its user can read it.
+        broker_dir = str(SYSTEM_BROKER_ROOT / fleet / "broker")
+        config = replace(config, broker=replace(config.broker, dir=broker_dir))
     target = FleetHome(root, config)
     target.broker_settings()  # validates the ports now rather than at the first render
     if root.exists():
@@ -336,7 +350,7 @@ def init_fleet(
         work = root.with_name(f".{root.name}.init-{os.getpid()}")
         work.mkdir(mode=0o700)
     try:
-        work.chmod(0o700)
+        work.chmod(home_mode())
         staged = replace(target, root=work)
         write_private_key(staged.operator_key, Signer.generate())
         write_private_key(staged.collector_key, Signer.generate())

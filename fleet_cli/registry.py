@@ -47,18 +47,20 @@ PASSWORD_BYTES = 24
 MAX_TAGS = 32
 MAX_TAG_VALUE_LEN = 256
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS devices (
     name          TEXT PRIMARY KEY,
     tags          TEXT NOT NULL,          -- JSON object, keys sorted
     created_ms    INTEGER NOT NULL,
-    password      TEXT,                   -- MQTT password; NULL once revoked
+    password      TEXT,                   -- MQTT password, NULL once revoked
     password_hash TEXT,                   -- its $7$ hash for the broker's password file
     claim_token   BLOB,                   -- 32 bytes; NULL once a key is bound or revoked
     public_key    BLOB,                   -- the bound Ed25519 key, 32 bytes
     bound_ms      INTEGER,
     revoked_ms    INTEGER
-) STRICT;
+) STRICT""",
+    """
 CREATE TABLE IF NOT EXISTS users (
     name          TEXT PRIMARY KEY,
     role          TEXT NOT NULL CHECK (role IN ('collector', 'operator', 'viewer')),
@@ -66,8 +68,8 @@ CREATE TABLE IF NOT EXISTS users (
     password      TEXT,
     password_hash TEXT,
     revoked_ms    INTEGER
-) STRICT;
-"""
+) STRICT""",
+)
 
 
 class RegistryError(FleetError):
@@ -207,9 +209,8 @@ class Registry:
                 )
             if version < SCHEMA_VERSION:
                 with self._write():
-                    for stmt in _SCHEMA.split(";"):
-                        if stmt.strip():
-                            self._db.execute(stmt)
+                    for stmt in _SCHEMA:
+                        self._db.execute(stmt)
                     self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.Error as e:
             raise RegistryError(f"cannot open the registry {self.path}: {e}") from e
