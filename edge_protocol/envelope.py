@@ -33,7 +33,7 @@ import cbor2
 
 from edge_protocol.errors import ProtocolError
 from edge_protocol.keys import KID_LEN, SIGNATURE_LEN, Signer, Verifier, key_id, message_id
-from edge_protocol.payload import Key, Kind, SchemaError, check_payload
+from edge_protocol.payload import Key, Kind, SchemaError, check_payload, scan_payload
 
 # DESIGN §2: an envelope is at most 64 KiB; larger is TOO_LARGE before any decoding.
 MAX_ENVELOPE_BYTES = 64 * 1024
@@ -234,6 +234,25 @@ def _split(cose: bytes) -> _Parts:
     return _Parts(protected, protected[len(_PROTECTED_PREFIX) :], payload_bytes, signature)
 
 
+def _is_shortest_sorted(value: dict[int, Any], payload_bytes: bytes, saved: int) -> bool:
+    """True when ``payload_bytes`` is the canonical encoding of ``value`` (fast path of the check).
+
+    Why the length suffices: ``value`` was decoded from ``payload_bytes`` without indefinite lengths,
+    so the bytes are one of its definite encodings. Every deviation from the canonical one other than
+    key order (a longer integer or length header, a wider float, a tag that decodes to a plain value)
+    makes the encoding longer, and the canonical encoding is the unique shortest one. So with the map
+    keys in canonical order, the bytes are canonical exactly when their length is the shortest
+    possible: cbor2's plain encoding (minimal headers, every float a 9-byte double) minus what the
+    shortest float widths save.
+    """
+    if saved < 0:
+        return False
+    keys = list(value)
+    if keys != sorted(keys):
+        return False
+    return len(cbor2.dumps(value)) - saved == len(payload_bytes)
+
+
 def decode_payload(payload_bytes: bytes) -> tuple[dict[int, Any], Kind]:
     """Strictly decode payload bytes (step 5); raise EnvelopeError(MALFORMED) on any deviation."""
     try:
@@ -245,10 +264,12 @@ def decode_payload(payload_bytes: bytes) -> tuple[dict[int, Any], Kind]:
     if not isinstance(value, dict):
         raise EnvelopeError(Verdict.MALFORMED, "payload is not a map")
     try:
-        kind = check_payload(value)
+        kind, saved = scan_payload(value)
     except SchemaError as e:
         raise EnvelopeError(Verdict.MALFORMED, str(e)) from None
-    try:
+    if _is_shortest_sorted(value, payload_bytes, saved):
+        return value, kind
+    try:  # slow path: it decides the same, and words the error
         canonical = cbor2.dumps(value, canonical=True)
     except Exception as e:
         raise EnvelopeError(Verdict.MALFORMED, f"payload cannot be re-encoded: {e}") from None

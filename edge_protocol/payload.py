@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable, Mapping
+import struct
+from collections.abc import Mapping
 from typing import Any
 
 from edge_protocol.ids import is_valid_id
@@ -83,25 +84,64 @@ class SchemaError(ValueError):
     """The payload is not of the form DESIGN §2 fixes; the message says where."""
 
 
-def _plain(value: object, depth: int) -> bool:
-    """Fast path of :func:`check_value`: True when the value is fine (no error text is built)."""
+_F16 = struct.Struct("<e")
+_F32 = struct.Struct("<f")
+_UNSORTED = -1  # a nested map's keys are not in canonical order (an encoding matter, not a schema one)
+_INVALID = -2  # something the schema refuses; check_value finds and names it
+
+
+def _float_savings(x: float) -> int:
+    """Bytes the shortest value-keeping width saves against a 9-byte double (half: 6, single: 4)."""
+    for fmt, saved in ((_F16, 6), (_F32, 4)):
+        try:
+            if fmt.unpack(fmt.pack(x))[0] == x:
+                return int(saved)
+        except (OverflowError, struct.error):
+            pass
+    return 0
+
+
+def _scan(value: object, depth: int) -> int:
+    """One pass over a nested value: the schema's fast path and the canonical-length bookkeeping.
+
+    Returns the bytes that shortest floats save below ``value`` against 9-byte doubles, or
+    ``_UNSORTED`` / ``_INVALID``. No error text is built here.
+    """
     t = type(value)
     if t is str or t is bytes or t is bool or value is None:
-        return True
+        return 0
     if t is int:
-        return INT_MIN <= value <= UINT_MAX  # type: ignore[operator]
+        return 0 if INT_MIN <= value <= UINT_MAX else _INVALID  # type: ignore[operator]
     if t is float:
-        return math.isfinite(value)  # type: ignore[arg-type]
+        return _float_savings(value) if math.isfinite(value) else _INVALID  # type: ignore[arg-type]
     if depth >= MAX_DEPTH:
-        return False
+        return _INVALID
+    total = 0
     if t is list:
-        return all(_plain(item, depth + 1) for item in value)  # type: ignore[attr-defined]
+        for item in value:  # type: ignore[attr-defined]
+            s = _scan(item, depth + 1)
+            if s < 0:
+                return s
+            total += s
+        return total
     if t is dict:
-        return all(
-            type(k) is str and len(k.encode("utf-8")) <= MAX_TEXT_KEY_BYTES and _plain(v, depth + 1)
-            for k, v in value.items()  # type: ignore[attr-defined]
-        )
-    return False
+        last: tuple[int, bytes] = (-1, b"")
+        unsorted = False
+        for k, v in value.items():  # type: ignore[attr-defined]
+            if type(k) is not str:
+                return _INVALID
+            kb = k.encode("utf-8")
+            if len(kb) > MAX_TEXT_KEY_BYTES:
+                return _INVALID
+            order = (len(kb), kb)  # RFC 8949 §4.2.1 order of short text keys is length-first
+            unsorted = unsorted or order <= last
+            last = order
+            s = _scan(v, depth + 1)
+            if s == _INVALID:
+                return s
+            total += s
+        return _UNSORTED if unsorted else total
+    return _INVALID
 
 
 def check_value(value: object, where: str, depth: int = 1) -> None:
@@ -158,25 +198,32 @@ def _is_cmd(v: object) -> bool:
     return type(v) is str and 0 < len(v) <= 63
 
 
-# key -> (check of the value's own type, description for the error)
-_VALUE_CHECKS: dict[int, tuple[Callable[[object], bool], str]] = {
-    **{int(k): (_is_uint, "an unsigned integer") for k in (Key.BOOT, Key.SEQ, Key.T, Key.EXP, Key.LAT)},
-    **{
-        int(k): (_is_b32, "a 32-byte string")
-        for k in (Key.PREV, Key.MODEL, Key.INPUT, Key.CFG, Key.SRC, Key.KEY, Key.CLAIM)
-    },
-    **{int(k): (_is_map, "a map") for k in (Key.OUT, Key.INFO, Key.METRICS, Key.GAP, Key.ARGS, Key.REPLY)},
-    int(Key.ID): (_is_b16, "a 16-byte string"),
-    int(Key.DEV): (is_valid_id, "a valid id"),
-    int(Key.PIPE): (is_valid_id, "a valid id"),
-    int(Key.CMD): (_is_cmd, "a short text"),
+# How each key's value is checked: a small code per key so the hot loop needs no function calls.
+_UINT, _B32, _B16, _ID, _MAP, _CMD = range(6)
+_CODES: dict[int, int] = {
+    **{int(k): _UINT for k in (Key.BOOT, Key.SEQ, Key.T, Key.EXP, Key.LAT)},
+    **{int(k): _B32 for k in (Key.PREV, Key.MODEL, Key.INPUT, Key.CFG, Key.SRC, Key.KEY, Key.CLAIM)},
+    **{int(k): _MAP for k in (Key.OUT, Key.INFO, Key.METRICS, Key.GAP, Key.ARGS, Key.REPLY)},
+    int(Key.ID): _B16,
+    int(Key.DEV): _ID,
+    int(Key.PIPE): _ID,
+    int(Key.CMD): _CMD,
+    int(Key.V): -1,
+    int(Key.KIND): -1,
 }
-# Keys whose values can hold nested data and so need the recursive check.
-_NESTED = frozenset(int(k) for k in (Key.OUT, Key.INFO, Key.METRICS, Key.GAP, Key.ARGS, Key.REPLY))
-_KIND_KEYS: dict[int, tuple[frozenset[int], frozenset[int]]] = {
+_WANTS = {
+    _UINT: "an unsigned integer",
+    _B32: "a 32-byte string",
+    _B16: "a 16-byte string",
+    _ID: "a valid id",
+    _MAP: "a map",
+    _CMD: "a short text",
+}
+# kind -> (required keys, {allowed key: check code})
+_KIND_KEYS: dict[int, tuple[frozenset[int], dict[int, int]]] = {
     int(kind): (
         frozenset(int(k) for k in req | _COMMON),
-        frozenset(int(k) for k in req | _COMMON | opt),
+        {int(k): _CODES[int(k)] for k in req | _COMMON | opt},
     )
     for kind, (req, opt) in SCHEMA.items()
 }
@@ -184,6 +231,11 @@ _KIND_KEYS: dict[int, tuple[frozenset[int], frozenset[int]]] = {
 
 def check_payload(payload: Mapping[Any, Any]) -> Kind:
     """Check a payload map against the schema of its kind; return the kind or raise SchemaError."""
+    return scan_payload(payload)[0]
+
+
+def scan_payload(payload: Mapping[Any, Any]) -> tuple[Kind, int]:
+    """:func:`check_payload`, also returning what shortest floats save (-1: a nested map is unsorted)."""
     if not isinstance(payload, Mapping):
         raise SchemaError("the payload is not a map")
     v = payload.get(0)
@@ -195,20 +247,42 @@ def check_payload(payload: Mapping[Any, Any]) -> Kind:
         raise SchemaError(f"unknown kind {raw_kind!r}")
     kind = Kind(int(raw_kind))  # type: ignore[arg-type]
     required, allowed = keys
-    present = payload.keys()
-    if not required <= present:
-        missing = sorted(KEY_NAMES[m] for m in required - set(present))
+    if not required <= payload.keys():
+        missing = sorted(KEY_NAMES[m] for m in required - set(payload.keys()))
         raise SchemaError(f"{kind.name.lower()} lacks {', '.join(missing)}")
+    saved = 0
     for k, value in payload.items():
-        if k not in allowed or type(k) is not int:
+        code = allowed.get(k) if type(k) is int else None
+        if code is None:
             if isinstance(k, int) and not isinstance(k, bool) and k in KEY_NAMES and type(k) is not int:
                 raise SchemaError(f"payload key {k!r} must be a plain integer")
-            if k in KEY_NAMES and type(k) is int:
+            if type(k) is int and k in KEY_NAMES:
                 raise SchemaError(f"{kind.name.lower()} must not carry {KEY_NAMES[k]}")
             raise SchemaError(f"unknown payload key {k!r}")
-        check = _VALUE_CHECKS.get(k)
-        if check is not None and not check[0](value):
-            raise SchemaError(f"{KEY_NAMES[k]} must be {check[1]}")
-        if k in _NESTED and not _plain(value, 1):
-            check_value(value, KEY_NAMES[k])  # slow path: finds and names the fault
-    return kind
+        t = type(value)
+        if code == _MAP:
+            if not isinstance(value, Mapping):
+                raise SchemaError(f"{KEY_NAMES[k]} must be a map")
+            s = _scan(value, 1)
+            if s == _INVALID:
+                check_value(value, KEY_NAMES[k])  # names the fault (or accepts a non-dict Mapping)
+                s = _UNSORTED
+            if s < 0 or saved < 0:
+                saved = _UNSORTED
+            else:
+                saved += s
+        elif code == _UINT:
+            ok = t is int and 0 <= value <= UINT_MAX
+        elif code == _B32:
+            ok = t is bytes and len(value) == 32
+        elif code == _ID:
+            ok = is_valid_id(value)
+        elif code == _B16:
+            ok = t is bytes and len(value) == 16
+        elif code == _CMD:
+            ok = t is str and 0 < len(value) <= 63
+        else:
+            continue
+        if code != _MAP and not ok:
+            raise SchemaError(f"{KEY_NAMES[k]} must be {_WANTS[code]}")
+    return kind, saved

@@ -12,6 +12,7 @@ from edge_protocol.envelope import (
     EnvelopeError,
     KeyRing,
     Verdict,
+    decode_payload,
     decode_unverified,
     open_envelope,
     protected_header,
@@ -194,3 +195,20 @@ def test_non_minimal_length_is_malformed() -> None:
     with pytest.raises(EnvelopeError) as e:
         open_envelope(mutated, FLEET, SIGNER.public_key)
     assert e.value.verdict is Verdict.MALFORMED
+
+
+@settings(max_examples=300, deadline=None)
+@given(result_payloads())
+def test_fast_canonical_check_agrees_with_reencoding(payload: dict[int, object]) -> None:
+    """The length-based canonical check decides exactly as a byte comparison with cbor2's encoding."""
+    canonical = cbor2.dumps({int(k): v for k, v in payload.items()}, canonical=True)
+    decode_payload(canonical)  # canonical bytes pass
+    wide = cbor2.dumps({int(k): v for k, v in sorted(payload.items())})  # floats as 9-byte doubles
+    reversed_keys = cbor2.dumps(dict(reversed(list(payload.items()))))
+    for candidate in (wide, reversed_keys):
+        if candidate == canonical:
+            decode_payload(candidate)
+        else:
+            with pytest.raises(EnvelopeError) as e:
+                decode_payload(candidate)
+            assert e.value.verdict is Verdict.MALFORMED
