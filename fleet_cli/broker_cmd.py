@@ -238,6 +238,7 @@ def check_broker(home: FleetHome, *, temporary_ports: bool = False) -> CheckRepo
 
 # ---- commands ---------------------------------------------------------------------------------
 
+
 @app.command("render")
 def render_cmd(
     *,
