@@ -1,0 +1,101 @@
+"""An embedded MQTT 3.1.1 broker (amqtt) for ``fleet demo`` on machines without Mosquitto.
+
+It runs in its own thread with its own asyncio loop and listens on loopback only, anonymously: it is a
+demonstration convenience, never a production broker (use ``fleet broker`` and Mosquitto for that).
+amqtt speaks MQTT 3.1.1 only, so clients must fall back from MQTT 5.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from types import TracebackType
+from typing import Any
+
+from broker_config.runner import free_port
+from fleet_cli.errors import FleetError
+
+# How long the embedded broker may take to open its listener or to shut down.
+START_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 5.0
+# A demo runs a few dozen clients; the bound keeps a runaway test from exhausting file descriptors.
+MAX_CONNECTIONS = 256
+
+
+class EmbeddedBroker:
+    """amqtt on ``127.0.0.1:port`` in a background thread."""
+
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._broker: Any = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    def start(self) -> EmbeddedBroker:
+        try:
+            from amqtt.broker import Broker
+        except ImportError as e:  # pragma: no cover - amqtt is a dependency of edgeseal
+            raise FleetError("the embedded broker needs amqtt", hint="pip install amqtt") from e
+        # amqtt logs every half-open probe connection as an error; the demo has its own display.
+        logging.getLogger("amqtt").setLevel(logging.CRITICAL)
+        config = {
+            "listeners": {
+                "default": {
+                    "type": "tcp",
+                    "bind": f"{self.host}:{self.port}",
+                    "max_connections": MAX_CONNECTIONS,
+                }
+            },
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        }
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                self._broker = Broker(config, loop=loop)
+                loop.run_until_complete(self._broker.start())
+            except BaseException as e:  # reported to start() below
+                self._error = e
+                self._ready.set()
+                return
+            self._ready.set()
+            loop.run_forever()
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="embedded-broker", daemon=True)
+        self._thread.start()
+        self._ready.wait(START_TIMEOUT_S)
+        # broker.start() returns once the listener is bound; no probe connection (amqtt would log it).
+        if self._error is not None or not self._ready.is_set():
+            self.stop()
+            raise FleetError(f"the embedded broker did not start on {self.host}:{self.port}: {self._error}")
+        return self
+
+    def stop(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        if self._broker is not None and loop.is_running():
+            fut = asyncio.run_coroutine_threadsafe(self._broker.shutdown(), loop)
+            try:
+                fut.result(STOP_TIMEOUT_S)
+            except Exception:
+                logging.getLogger(__name__).debug("embedded broker shutdown failed", exc_info=True)
+        if loop.is_running():
+            loop.call_soon_threadsafe(loop.stop)
+        thread.join(STOP_TIMEOUT_S)
+        self._loop = self._thread = self._broker = None
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
