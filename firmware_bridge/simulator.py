@@ -140,6 +140,8 @@ class Simulator:
         self._profile = _make_profile(profile, hz, seed)
         for _, name in steps:
             _probe_condition(profile, name)
+        while _starts_at_zero(steps):
+            self._profile.set_condition(steps.pop(0)[1])  # the condition at power-on, before the HELLO
         self._protocol: SimProtocol = protocol
         self._link = Path(link) if link is not None else None
         self._faults = faults
@@ -538,6 +540,10 @@ class Simulator:
         self._open_pty()
         if self._faults.disconnect_every_s > 0:
             self._next_disconnect = self._clock() + self._faults.disconnect_every_s
+
+
+def _starts_at_zero(steps: list[tuple[float, str]]) -> bool:
+    return bool(steps) and steps[0][0] <= 0.0
 
 
 def _probe_condition(profile: str, name: str) -> None:
