@@ -92,7 +92,8 @@ class _Boot:
     covered: set[int] = field(default_factory=set)  # seqs the device itself reported dropped
     reported: set[int] = field(default_factory=set)  # seqs reported as GAP by the timeout
     missing_since: dict[int, float] = field(default_factory=dict)
-    restored_floor: int = -1  # seqs <= this were restored as a head: ids unknown except the head's
+    floor: int = -1  # seqs <= floor may be absent from `seen` (restored or pruned): ask recall
+    floor_id: bytes | None = None  # msg_id at seq == floor when it came from a restored head
 
 
 @dataclass
@@ -104,9 +105,15 @@ class _Device:
 class ChainVerifier:
     """Chain state of every device of a fleet. See the module docstring for the rules."""
 
-    def __init__(self, reorder_timeout_s: float = 30.0, recall: Recall | None = None) -> None:
+    def __init__(
+        self, reorder_timeout_s: float = 30.0, recall: Recall | None = None, keep_recent: int | None = None
+    ) -> None:
+        """``keep_recent``: with ``recall``, keep only this many seqs below each boot's head in memory."""
+        if keep_recent is not None and recall is None:
+            raise ValueError("pruning (keep_recent) needs a recall function for what it forgets")
         self.reorder_timeout_s = reorder_timeout_s
         self._recall = recall
+        self._keep = keep_recent
         self._devices: dict[str, _Device] = {}
 
     # -- state -----------------------------------------------------------------------------
@@ -122,8 +129,8 @@ class ChainVerifier:
         for h in heads:
             b = d.boots.setdefault(h.boot, _Boot())
             if h.seq > b.head:
-                b.head = b.top = b.restored_floor = h.seq
-                b.head_id = h.msg_id
+                b.head = b.top = b.floor = h.seq
+                b.head_id = b.floor_id = h.msg_id
                 d.by_id[h.msg_id] = (h.boot, h.seq)
 
     def heads(self, dev: str) -> list[Head]:
@@ -156,8 +163,11 @@ class ChainVerifier:
             hit = b.seen.get(seq)
             if hit is not None:
                 return hit
-            if seq <= b.restored_floor and self._recall is not None:
-                return self._recall(dev, boot, seq)
+            if seq <= b.floor:
+                if self._recall is not None:
+                    return self._recall(dev, boot, seq)
+                if seq == b.floor and b.floor_id is not None:
+                    return (b.floor_id, b"")
         elif self._recall is not None:
             return self._recall(dev, boot, seq)
         return None
@@ -168,15 +178,13 @@ class ChainVerifier:
         b = d.boots.get(link.boot)
 
         known = self._lookup(link.dev, d, link.boot, link.seq)
-        if known is None and b is not None and link.seq == b.restored_floor and b.head_id is not None:
-            known = (b.head_id, b"")
         if known is not None:
             if known[0] == link.msg_id:
                 return Decision(Verdict.DUPLICATE, f"boot {link.boot} seq {link.seq} seen before")
             return Decision(
                 Verdict.EQUIVOCATION, f"boot {link.boot} seq {link.seq} signed twice, differently"
             )
-        if b is not None and link.seq < b.restored_floor and self._recall is None:
+        if b is not None and link.seq < b.floor and self._recall is None:
             return Decision(Verdict.DUPLICATE, f"boot {link.boot} seq {link.seq} is below the stored head")
 
         reason = self._fork_reason(link, d)
@@ -205,14 +213,25 @@ class ChainVerifier:
                     b.missing_since.setdefault(s, now)
             b.top = link.seq
         self._advance(b)
+        if self._keep is not None and len(b.seen) > 2 * self._keep + 16:
+            self._prune(d, b)
         return Decision(Verdict.ACCEPTED, late=late)
+
+    def _prune(self, d: _Device, b: _Boot) -> None:
+        """Forget seqs well below the contiguous head; ``recall`` answers for them from now on."""
+        assert self._keep is not None
+        cut = b.head - self._keep
+        for s in [s for s in b.seen if s < cut]:
+            mid = b.seen.pop(s)[0]
+            d.by_id.pop(mid, None)
+        b.covered = {s for s in b.covered if s >= cut}
+        b.reported = {s for s in b.reported if s >= cut}
+        if cut - 1 > b.floor:
+            b.floor, b.floor_id = cut - 1, None
 
     def _fork_reason(self, link: Link, d: _Device) -> str | None:
         if link.seq > 0:
             before = self._lookup(link.dev, d, link.boot, link.seq - 1)
-            b = d.boots.get(link.boot)
-            if before is None and b is not None and link.seq - 1 == b.restored_floor:
-                before = (b.head_id or ZERO_ID, b"")
             if before is not None and before[0] != link.prev:
                 return f"prev does not match the message at boot {link.boot} seq {link.seq - 1}"
         after = self._lookup(link.dev, d, link.boot, link.seq + 1)

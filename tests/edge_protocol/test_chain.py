@@ -155,3 +155,29 @@ def test_shuffled_stream_with_duplicates_ends_in_same_state(
         assert shuffled.snapshot(dev) == ordered.snapshot(dev)
         assert shuffled.heads(dev) == ordered.heads(dev)
     assert shuffled.expire(10**9) == ordered.expire(10**9) == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(50, 400), st.randoms(use_true_random=False))
+def test_pruning_with_recall_decides_like_full_memory(n: int, rnd: random.Random) -> None:
+    chain = make_chain("d", [n, 30])
+    stored: dict[tuple[int, int], tuple[bytes, bytes]] = {}
+    full = ChainVerifier()
+    pruned = ChainVerifier(recall=lambda dev, boot, seq: stored.get((boot, seq)), keep_recent=8)
+    stream = chain + [rnd.choice(chain) for _ in range(40)]
+    stream += [Link("d", 1, rnd.randrange(n - 1) + 1, b"\x0f" * 32, b"\x0e" * 32) for _ in range(5)]
+    for link in stream:
+        a = full.observe(link, 0)
+        b = pruned.observe(link, 0)
+        assert a.verdict is b.verdict, link
+        if b.verdict is Verdict.ACCEPTED:
+            stored[(link.boot, link.seq)] = (link.msg_id, link.prev)
+    assert full.heads("d") == pruned.heads("d")
+    assert len(pruned.snapshot("d")) < len(full.snapshot("d"))
+
+
+def test_pruning_needs_recall() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="recall"):
+        ChainVerifier(keep_recent=10)
