@@ -1,0 +1,99 @@
+"""Operator commands: checks (pure) and the reply drafts.
+
+A command is a COSE envelope of kind COMMAND on ``P/{dev}/cmd`` (DESIGN §3). It is acted on only if,
+in this order:
+
+1. it opens with the fleet's operator key (signature over this fleet's external_aad) and is a
+   well-formed COMMAND payload;
+2. its ``dev`` is this device (a command signed for another device is not ours: ignored);
+3. its ``exp`` lies in the future, and not more than :data:`MAX_COMMAND_TTL_S` ahead (the replay
+   cache must hold an id until it expires, so the horizon bounds the cache);
+4. its ``id`` was not seen before (the replay cache lives in the outbox database, so it survives
+   restarts).
+
+Failures of 1, 2 and 4 get no reply (an unsigned or replayed message must not make the device talk);
+a well-signed command that is expired or unknown gets a signed error reply ``{"ok": false, "error"}``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge_agent.outbox import Draft
+from edge_protocol.envelope import EnvelopeError, open_envelope
+from edge_protocol.keys import Verifier
+from edge_protocol.payload import Key, Kind
+
+# A command may live at most one day: the replay cache keeps every id until its exp, so this bounds
+# the cache (with MAX_REPLAY_IDS) and limits how long a captured command stays usable.
+MAX_COMMAND_TTL_S = 24 * 3600
+# Clock skew tolerated between the operator and the device (NTP-synced Pis are within ~1 s; a Pi
+# without RTC right after boot may be off more: then exp checks fail, which is the safe side).
+CLOCK_SKEW_MS = 5_000
+BUILTINS = ("ping", "status", "reload", "pause", "resume")
+
+
+class Refusal(str, enum.Enum):
+    BAD_ENVELOPE = "bad envelope"  # no reply
+    NOT_COMMAND = "not a command"  # no reply
+    OTHER_DEVICE = "for another device"  # no reply
+    REPLAYED = "replayed"  # no reply
+    EXPIRED = "expired"  # signed error reply
+    TOO_FAR = "expiry too far ahead"  # signed error reply
+    CACHE_FULL = "replay cache full"  # signed error reply
+
+    @property
+    def replies(self) -> bool:
+        return self in (Refusal.EXPIRED, Refusal.TOO_FAR, Refusal.CACHE_FULL)
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    args: Mapping[str, Any]
+    id: bytes
+    exp_ms: int
+    t_ms: int = 0
+
+
+@dataclass(frozen=True)
+class Checked:
+    """The outcome of :func:`check_command`: a command to run, or a refusal (with the id when known)."""
+
+    command: Command | None
+    refusal: Refusal | None = None
+    detail: str = ""
+    command_id: bytes | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def check_command(cose: bytes, fleet: str, dev: str, operator: Verifier, now_ms: int) -> Checked:
+    """Steps 1-3 of the module docstring (the replay cache, step 4, is the caller's)."""
+    try:
+        opened = open_envelope(cose, fleet, operator)
+    except EnvelopeError as e:
+        return Checked(None, Refusal.BAD_ENVELOPE, f"{e.verdict.value}: {e.reason}")
+    if opened.kind is not Kind.COMMAND:
+        return Checked(None, Refusal.NOT_COMMAND, f"kind {opened.kind.name}")
+    p = opened.payload
+    if p[Key.DEV] != dev:
+        return Checked(None, Refusal.OTHER_DEVICE, str(p[Key.DEV])[:63])
+    cid = bytes(p[Key.ID])
+    cmd = Command(str(p[Key.CMD]), dict(p.get(Key.ARGS, {})), cid, int(p[Key.EXP]), int(p[Key.T]))
+    if cmd.exp_ms + CLOCK_SKEW_MS < now_ms:
+        return Checked(None, Refusal.EXPIRED, f"expired {now_ms - cmd.exp_ms} ms ago", cid)
+    if cmd.exp_ms - now_ms > MAX_COMMAND_TTL_S * 1000 + CLOCK_SKEW_MS:
+        return Checked(None, Refusal.TOO_FAR, f"exp more than {MAX_COMMAND_TTL_S} s ahead", cid)
+    return Checked(cmd, command_id=cid)
+
+
+def reply_draft(topic: str, command_id: bytes, reply: Mapping[str, Any]) -> Draft:
+    """A REPLY in the device chain answering command ``command_id`` (DESIGN §2 keys 20, 22)."""
+    return Draft(Kind.REPLY, {Key.ID: command_id, Key.REPLY: dict(reply)}, topic)
+
+
+def error_reply(error: str, **extra: Any) -> dict[str, Any]:
+    return {"ok": False, "error": error, **extra}
