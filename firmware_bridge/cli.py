@@ -144,6 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
     mon.add_argument("--channels", type=_channels, help="channel names, e.g. ax,ay,az (lines: bare CSV)")
     mon.add_argument("--timeout", type=_positive_float, metavar="S", help="stop after S seconds")
     mon.add_argument("--wait", action="store_true", help="wait for the port to appear instead of failing")
+
+    fw = commands.add_parser(
+        "firmware",
+        help="copy the reference firmware (C library + Arduino sketch) into a folder",
+        description="Copy the reference firmware into DIR/edgeseal_imu/, ready for the Arduino IDE or "
+        "arduino-cli (the sketch folder must carry the sketch's name).",
+    )
+    fw.add_argument("dir", type=Path, help="where to create the edgeseal_imu sketch folder")
+    fw.add_argument("--force", action="store_true", help="overwrite files that are already there")
     return parser
 
 
@@ -168,6 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "simulate":
             return _simulate(args)
+        if args.command == "firmware":
+            return _firmware(args)
         return _monitor(args, sys.stdout)
     except BridgeError as exc:
         if args.verbose:
@@ -231,6 +242,33 @@ def _simulate(args: argparse.Namespace) -> int:
     print(f"counters: {counters}", file=sys.stderr, flush=True)
     if error is not None:
         raise BridgeError(f"the simulator stopped: {error}") from error
+    return EXIT_OK
+
+
+# -- firmware ------------------------------------------------------------------------------------------
+
+SKETCH_NAME = "edgeseal_imu"
+FIRMWARE_FILES = ("edgeseal_frame.c", "edgeseal_frame.h", f"{SKETCH_NAME}.ino")
+
+
+def _firmware(args: argparse.Namespace) -> int:
+    source = Path(__file__).resolve().parent / "firmware"
+    target = args.dir / SKETCH_NAME
+    clashes = [name for name in FIRMWARE_FILES if (target / name).exists()]
+    if clashes and not args.force:
+        raise BridgeError(f"{target / clashes[0]} already exists", hint="pass --force to overwrite it")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        for name in FIRMWARE_FILES:
+            (target / name).write_bytes((source / name).read_bytes())
+    except OSError as exc:
+        raise BridgeError(f"cannot write the firmware to {target}: {exc.strerror or exc}") from exc
+    print(target)
+    print(
+        f"open {target / (SKETCH_NAME + '.ino')} in the Arduino IDE, or: "
+        f"arduino-cli compile --fqbn esp32:esp32:esp32 {target}",
+        file=sys.stderr,
+    )
     return EXIT_OK
 
 

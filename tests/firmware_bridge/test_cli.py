@@ -258,3 +258,20 @@ def test_simulate_and_monitor_together_over_lines(tmp_path: Path) -> None:
     assert all(len(r["values"]) == 3 and r["seq"] is None for r in records[:3])
     assert 10 < records[0]["values"][0] < 40  # a room temperature in degC
     assert records[-1]["lines"] >= 3
+
+
+def test_firmware_command_copies_a_ready_sketch_folder(tmp_path: Path) -> None:
+    result = run_cli("firmware", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    sketch = tmp_path / "edgeseal_imu"
+    assert result.stdout.strip() == str(sketch)
+    assert sorted(p.name for p in sketch.iterdir()) == [
+        "edgeseal_frame.c",
+        "edgeseal_frame.h",
+        "edgeseal_imu.ino",
+    ]
+    again = run_cli("firmware", str(tmp_path))
+    assert again.returncode == 1
+    assert again.stderr.startswith("error: ")
+    assert "--force" in again.stderr
+    assert run_cli("firmware", str(tmp_path), "--force").returncode == 0
