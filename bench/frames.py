@@ -144,7 +144,8 @@ def main() -> int:
         print(f"frames: {result['frames']} SAMPLE frames, {result['wire_bytes_per_frame']} wire bytes each")
         print(
             f"decode: {result['decode_bytes_per_s']:,} B/s = {result['decode_vs_921600_baud']}x "
-            f"a 921600-baud line with 64-byte reads ({result['decode_vs_921600_baud_4k_reads']}x with 4 KiB reads); "
+            f"a 921600-baud line with 64-byte reads "
+            f"({result['decode_vs_921600_baud_4k_reads']}x with 4 KiB reads); "
             f"goal >= {GOAL_RATIO:g}x"
         )
         print(

@@ -275,3 +275,20 @@ def test_firmware_command_copies_a_ready_sketch_folder(tmp_path: Path) -> None:
     assert again.stderr.startswith("error: ")
     assert "--force" in again.stderr
     assert run_cli("firmware", str(tmp_path), "--force").returncode == 0
+
+
+def test_bench_reports_the_figures_the_issue_asks_for() -> None:
+    bench = Path(__file__).resolve().parents[2] / "bench" / "frames.py"
+    result = subprocess.run(
+        [sys.executable, str(bench), "--frames", "3000", "--rounds", "1", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    figures = json.loads(result.stdout)
+    assert figures["frames"] == 3000
+    assert figures["corrupt_accepted"] == 0
+    assert figures["good_decoded"] == figures["good_frames"]
+    assert figures["decode_vs_921600_baud"] >= 10
