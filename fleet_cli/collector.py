@@ -1,0 +1,933 @@
+"""The collector: receive device messages over MQTT, verify, store, acknowledge (DESIGN §2, §3, §6).
+
+Threads and hand-offs (FIELD-NOTES: one network thread, never block in a callback):
+
+    paho network thread --on_message--> queue --> worker thread: verify, chain, batch,
+                                                  commit, PUBACK, acks, republish
+
+* The worker alone touches the chain verifier, the store and the registry cache.
+* PUBACKs are sent by the worker *after* the batch holding the message has committed
+  (``manual_ack``): a message the collector has not stored stays in the broker's persistent session.
+  The broker's in-flight window (MQTT 5 Receive Maximum :data:`~fleet_cli.mqtt.RECEIVE_MAXIMUM`,
+  Mosquitto ``max_inflight_messages`` for 3.1.1) therefore bounds the queue: a slow worker slows the
+  broker down instead of dropping anything. The queue's own bound (:data:`QUEUE_MAX`) is the 16-bit
+  packet-id space, which no broker can exceed for QoS 1; QoS 0 messages (none are expected) are
+  dropped and counted once it is full.
+* Verification of one message, in this order: size (TOO_LARGE), topic (TOPIC_MISMATCH), device in the
+  registry (UNKNOWN_DEVICE), revoked (REVOKED), key — the bound key, or for an unbound device a birth
+  whose claim matches the one-time token (CLAIM_INVALID), signature and strict decoding
+  (UNKNOWN_KEY / BAD_SIGNATURE / MALFORMED, by :func:`edge_protocol.envelope.open_envelope`), payload
+  ``dev`` and kind against the topic (TOPIC_MISMATCH), then the chain (DUPLICATE, EQUIVOCATION, FORK).
+  The store re-checks each candidate against stored neighbours in the commit transaction, so several
+  collectors sharing one store (``--share``) agree whatever the order and split.
+* Acks (DESIGN §3) say "every seq <= N of this boot is stored": N is the store's contiguous head of
+  (dev, boot) after the commit (seqs the device itself reported dropped count as covered; seqs only
+  reported missing by the reorder timeout do not, so the device keeps resending them). At most one ack
+  per (dev, boot) every ``ack_interval_s``; a DUPLICATE (the device resending because an ack was lost)
+  triggers a fresh ack.
+* DUPLICATE is counted (per device in the store, per collector in the stats), not quarantined: the
+  stored copy is byte-for-byte the same payload.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import math
+import queue
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, cast
+
+from edge_protocol.chain import ChainVerifier, GapReport, Head, Link
+from edge_protocol.envelope import (
+    MAX_ENVELOPE_BYTES,
+    EnvelopeError,
+    Opened,
+    Verdict,
+    decode_unverified,
+    open_envelope,
+    seal,
+)
+from edge_protocol.errors import InvalidTopic
+from edge_protocol.keys import Signer, Verifier, claim_tag
+from edge_protocol.payload import Key, Kind
+from edge_protocol.topics import (
+    DEVICE_SIGNED,
+    Channel,
+    agg_topic,
+    device_topic,
+    fleet_prefix,
+    parse_topic,
+    verified_topic,
+)
+from fleet_cli.errors import FleetError
+from fleet_cli.mqtt import RECEIVE_MAXIMUM, MqttSettings, Received
+from fleet_cli.mqtt import Link as MqttLink
+from fleet_cli.mqtt import Protocol as MqttProtocol
+from fleet_cli.registry import ConflictError, NotFoundError, Registry
+from fleet_cli.store import Batch, Candidate, CommitResult, GapRange, Rejected, StateUpdate, Store
+
+log = logging.getLogger(__name__)
+
+# A broker can have at most 65,535 QoS 1 deliveries unacknowledged towards one client (16-bit packet
+# ids, MQTT §2.2.1), and the collector acknowledges only after storing: the queue never holds more.
+QUEUE_MAX = 65_535
+# DESIGN §6 "batched transactions": commit every 500 messages or 50 ms, whichever comes first, and
+# at once when the queue runs dry (a lone message is not kept waiting; PUBACKs wait for the commit).
+BATCH_MAX_MESSAGES = 500
+BATCH_MAX_DELAY_S = 0.05
+# A seq missing this long is reported as a GAP (DESIGN §2). Agents resend unacked results after
+# their own timeout (tens of seconds), so anything shorter reports gaps that heal moments later.
+REORDER_TIMEOUT_S = 30.0
+# At most one ack per (dev, boot) this often: with a device sending 10 results/s an ack covers ~2.
+ACK_INTERVAL_S = 0.2
+# Retained aggregates on P/_fleet/agg/summary.
+AGG_INTERVAL_S = 10.0
+# How often the worker logs throughput and verdict counts.
+LOG_INTERVAL_S = 30.0
+# How often the chain verifier is asked for expired gaps.
+EXPIRE_INTERVAL_S = 1.0
+# Registry answers (revoked? bound key?) are cached this long: a revocation takes effect within it.
+REGISTRY_RECHECK_S = 5.0
+# A state message is a small JSON object (DESIGN §3); anything bigger is MALFORMED.
+MAX_STATE_BYTES = 1024
+# Latency samples (t_received - t_device of results) kept for p50/p95.
+LATENCY_SAMPLES = 10_000
+# Window over which msgs/s is measured.
+RATE_WINDOW_S = 10.0
+
+_CHANNEL_OF_KIND = {
+    Kind.BIRTH: Channel.BIRTH,
+    Kind.RESULT: Channel.RESULT,
+    Kind.HEARTBEAT: Channel.HEARTBEAT,
+    Kind.GAP: Channel.GAP,
+    Kind.REPLY: Channel.REPLY,
+}
+# Device channels the collector subscribes to (DESIGN §3); never cmd/ack, never _fleet/.
+SUBSCRIBED = (
+    Channel.BIRTH.value,
+    f"{Channel.RESULT.value}/+",
+    Channel.HEARTBEAT.value,
+    Channel.GAP.value,
+    Channel.REPLY.value,
+    Channel.STATE.value,
+)
+
+
+class CollectorError(FleetError):
+    """The collector cannot run (store, broker) or stopped on an error."""
+
+
+# ---- configuration ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    fleet: str
+    store_path: Path
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: str | None = None  # secret: not shown by repr
+    tls_ca: Path | None = None
+    protocol: MqttProtocol = MqttProtocol.AUTO
+    client_id: str = ""  # "" = derived from the username (brokers with use_username_as_clientid ignore it)
+    share_group: str | None = None  # subscribe through $share/GROUP/...
+    batch_max_messages: int = BATCH_MAX_MESSAGES
+    batch_max_delay_s: float = BATCH_MAX_DELAY_S
+    reorder_timeout_s: float = REORDER_TIMEOUT_S
+    ack_interval_s: float = ACK_INTERVAL_S
+    publish_verified: bool = True
+    agg_interval_s: float = AGG_INTERVAL_S
+    log_interval_s: float = LOG_INTERVAL_S
+    metrics_port: int | None = None
+    metrics_addr: str = "127.0.0.1"
+    receive_maximum: int = RECEIVE_MAXIMUM
+
+    def __repr__(self) -> str:
+        return (
+            f"CollectorConfig(fleet={self.fleet!r}, store={str(self.store_path)!r},"
+            f" broker={self.host}:{self.port}, user={self.username!r}, share={self.share_group!r})"
+        )
+
+    def mqtt_settings(self) -> MqttSettings:
+        client_id = self.client_id or f"fleet-collector-{self.username or 'anon'}"
+        return MqttSettings(
+            host=self.host,
+            port=self.port,
+            username=self.username,
+            password=self.password,
+            tls_ca=self.tls_ca,
+            protocol=self.protocol,
+            client_id=client_id,
+            persistent=True,
+        )
+
+    def filters(self) -> list[str]:
+        p = fleet_prefix(self.fleet)
+        share = f"$share/{self.share_group}/" if self.share_group else ""
+        return [f"{share}{p}/+/{c}" for c in SUBSCRIBED]
+
+
+# ---- the registry as the verifier needs it ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeviceEntry:
+    known: bool
+    revoked: bool = False
+    key: bytes | None = None
+    claim_token: bytes | None = None
+
+
+class Directory(Protocol):
+    """What verification needs from the registry (an I/O boundary)."""
+
+    def entry(self, dev: str, *, fresh: bool = False) -> DeviceEntry: ...
+
+    def bind(self, dev: str, key: bytes) -> None: ...
+
+
+class RegistryDirectory:
+    """:class:`Directory` over the fleet registry, cached for :data:`REGISTRY_RECHECK_S`."""
+
+    def __init__(self, registry: Registry, clock: Callable[[], float] = time.monotonic) -> None:
+        self._registry = registry
+        self._clock = clock
+        self._cache: dict[str, tuple[float, DeviceEntry]] = {}
+
+    def entry(self, dev: str, *, fresh: bool = False) -> DeviceEntry:
+        now = self._clock()
+        hit = self._cache.get(dev)
+        if hit is not None and not fresh and now - hit[0] < REGISTRY_RECHECK_S:
+            return hit[1]
+        try:
+            rec = self._registry.get_device(dev)
+        except NotFoundError:
+            e = DeviceEntry(known=False)
+        else:
+            token = None if rec.public_key is not None else self._registry.claim_token(dev)
+            e = DeviceEntry(True, rec.revoked_ms is not None, rec.public_key, token)
+        self._cache[dev] = (now, e)
+        return e
+
+    def bind(self, dev: str, key: bytes) -> None:
+        self._registry.bind_key(dev, key)
+        self._cache.pop(dev, None)
+
+
+# ---- verification of one message (no threads, no MQTT) ----------------------------------------
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    dev: str
+    boot: int
+
+
+Outcome = Candidate | Rejected | Duplicate | StateUpdate
+
+
+def jsonable(value: Any) -> Any:
+    """CBOR values as JSON: bytes as hex, maps with text keys."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).hex()
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def _sanitize(text: str, limit: int = 80) -> str:
+    """Device-supplied text made safe for a log line."""
+    return "".join(c if c.isprintable() else "?" for c in text[:limit])
+
+
+class Intake:
+    """Decides about one received message: the verification steps of the module docstring."""
+
+    def __init__(self, fleet: str, directory: Directory, chain: ChainVerifier) -> None:
+        self.fleet = fleet
+        self.directory = directory
+        self.chain = chain
+        self._verifiers: dict[str, Verifier] = {}
+        self.late = 0
+
+    def judge(self, topic: str, payload: bytes, t_received: int, now: float) -> Outcome:
+        def reject(verdict: Verdict, reason: str, dev: str | None = None) -> Rejected:
+            return Rejected(topic, dev, verdict, reason, payload, t_received)
+
+        try:
+            dt = parse_topic(topic)
+        except InvalidTopic as e:
+            return reject(Verdict.TOPIC_MISMATCH, str(e))
+        dev = dt.dev
+        if dt.fleet != self.fleet:
+            return reject(Verdict.TOPIC_MISMATCH, f"topic of fleet {dt.fleet!r}, not {self.fleet!r}", dev)
+        if len(payload) > MAX_ENVELOPE_BYTES:
+            return reject(Verdict.TOO_LARGE, f"{len(payload)} bytes exceed {MAX_ENVELOPE_BYTES}", dev)
+        if dt.channel is Channel.STATE:
+            return self._state(dev, payload, t_received, reject)
+        if dt.channel not in DEVICE_SIGNED:
+            return reject(Verdict.TOPIC_MISMATCH, f"the collector takes no {dt.channel.value} messages", dev)
+        entry = self.directory.entry(dev)
+        if not entry.known:
+            return reject(Verdict.UNKNOWN_DEVICE, f"device {dev} is not in the registry", dev)
+        if entry.revoked:
+            return reject(Verdict.REVOKED, f"device {dev} is revoked", dev)
+        if entry.key is None and not self._is_claim(payload):
+            entry = self.directory.entry(dev, fresh=True)  # another collector may have bound it
+        enrol: bytes | None = None
+        try:
+            if entry.key is not None:
+                opened = self._open_bound(dev, entry.key, payload)
+            else:
+                opened, enrol = self._open_claim(dev, entry, payload)
+        except EnvelopeError as e:
+            return reject(e.verdict, e.reason, dev)
+        kind = opened.kind
+        if opened.dev != dev:
+            return reject(Verdict.TOPIC_MISMATCH, f"payload dev {opened.dev!r} on the topic of {dev!r}", dev)
+        if _CHANNEL_OF_KIND.get(kind) is not dt.channel:
+            return reject(
+                Verdict.TOPIC_MISMATCH, f"a {kind.name.lower()} on the {dt.channel.value} channel", dev
+            )
+        p = opened.payload
+        if kind is Kind.RESULT and p[Key.PIPE] != dt.pipe:
+            return reject(
+                Verdict.TOPIC_MISMATCH, f"result of pipe {p[Key.PIPE]!r} on the topic of {dt.pipe!r}", dev
+            )
+        if kind is Kind.BIRTH and entry.key is not None and p[Key.KEY] != entry.key:
+            return reject(Verdict.CLAIM_INVALID, "birth carries another key than the bound one", dev)
+        gap: tuple[int, int, str] | None = None
+        if kind is Kind.GAP:
+            gap = self._gap(p)
+            if gap is None:
+                return reject(
+                    Verdict.MALFORMED, "gap record without a valid {from, to} below its own seq", dev
+                )
+        boot, seq, prev = int(p[Key.BOOT]), int(p[Key.SEQ]), bytes(p[Key.PREV])
+        decision = self.chain.observe(
+            Link(dev, boot, seq, prev, opened.msg_id), now, gap[:2] if gap else None
+        )
+        if decision.verdict is Verdict.DUPLICATE:
+            return Duplicate(dev, boot)
+        if decision.verdict is not Verdict.ACCEPTED:
+            log.warning(
+                "%s from %s boot %d seq %d: %s", decision.verdict.value, dev, boot, seq, decision.reason
+            )
+            return reject(decision.verdict, decision.reason, dev)
+        if decision.late:
+            self.late += 1
+        if enrol is not None:
+            try:
+                self.directory.bind(dev, enrol)
+            except ConflictError as e:
+                return reject(Verdict.CLAIM_INVALID, str(e), dev)
+            log.info("device %s enrolled by its claim", dev)
+        return self._candidate(opened, payload, t_received, gap)
+
+    @staticmethod
+    def _is_claim(payload: bytes) -> bool:
+        try:
+            o = decode_unverified(payload)
+        except EnvelopeError:
+            return False
+        return o.kind is Kind.BIRTH and Key.CLAIM in o.payload
+
+    def _open_bound(self, dev: str, key: bytes, payload: bytes) -> Opened:
+        v = self._verifiers.get(dev)
+        if v is None or v.public_key != key:
+            v = self._verifiers[dev] = Verifier(key)
+        try:
+            return open_envelope(payload, self.fleet, v)
+        except EnvelopeError as e:
+            if e.verdict is Verdict.UNKNOWN_KEY:
+                try:
+                    o = decode_unverified(payload)
+                except EnvelopeError:
+                    raise e from None
+                if o.dev != dev:  # rejected either way; name the more telling cause
+                    raise EnvelopeError(
+                        Verdict.TOPIC_MISMATCH, f"payload dev {o.dev!r} on the topic of {dev!r}"
+                    ) from None
+                if o.kind is Kind.BIRTH:
+                    raise EnvelopeError(
+                        Verdict.CLAIM_INVALID, "birth with another key than the bound one"
+                    ) from None
+            raise
+
+    def _open_claim(self, dev: str, entry: DeviceEntry, payload: bytes) -> tuple[Opened, bytes]:
+        o = decode_unverified(payload)  # MALFORMED / TOO_LARGE before anything else
+        if o.kind is not Kind.BIRTH or Key.CLAIM not in o.payload:
+            raise EnvelopeError(
+                Verdict.UNKNOWN_KEY, f"device {dev} has no key bound yet (waiting for its first birth)"
+            )
+        key = bytes(o.payload[Key.KEY])
+        if entry.claim_token is None:
+            raise EnvelopeError(Verdict.CLAIM_INVALID, f"device {dev} has no pending claim token")
+        if not hmac.compare_digest(claim_tag(entry.claim_token, key, dev), bytes(o.payload[Key.CLAIM])):
+            raise EnvelopeError(Verdict.CLAIM_INVALID, "claim does not match the device's claim token")
+        return open_envelope(payload, self.fleet, key), key
+
+    @staticmethod
+    def _gap(p: dict[int, Any]) -> tuple[int, int, str] | None:
+        g = p[Key.GAP]
+        lo, hi = g.get("from"), g.get("to")
+        if type(lo) is not int or type(hi) is not int or not 0 <= lo <= hi < int(p[Key.SEQ]):
+            return None
+        why = g.get("why")
+        return lo, hi, why if isinstance(why, str) else ""
+
+    @staticmethod
+    def _state(dev: str, payload: bytes, t_received: int, reject: Callable[..., Rejected]) -> Outcome:
+        if len(payload) > MAX_STATE_BYTES:
+            return reject(Verdict.MALFORMED, f"state message over {MAX_STATE_BYTES} bytes", dev)
+        try:
+            doc = json.loads(payload)
+        except (ValueError, UnicodeDecodeError):
+            return reject(Verdict.MALFORMED, "state message is not JSON", dev)
+        if not isinstance(doc, dict) or doc.get("state") not in ("online", "offline"):
+            return reject(Verdict.MALFORMED, "state message is not {state: online|offline, ...}", dev)
+        boot, t = doc.get("boot"), doc.get("t")
+        return StateUpdate(
+            dev,
+            doc["state"],
+            boot if type(boot) is int else None,
+            t if type(t) is int else None,
+            t_received,
+        )
+
+    @staticmethod
+    def _candidate(o: Opened, cose: bytes, t_received: int, gap: tuple[int, int, str] | None) -> Candidate:
+        p = o.payload
+        kind = o.kind
+        out = label = score = None
+        info = metrics = None
+        if kind is Kind.RESULT:
+            out_map = p[Key.OUT]
+            out = json.dumps(jsonable(out_map), separators=(",", ":"))
+            lab = out_map.get("label")
+            label = lab if isinstance(lab, str) else (str(lab) if type(lab) is int else None)
+            sc = out_map.get("score")
+            score = float(sc) if type(sc) in (int, float) and math.isfinite(sc) else None
+        elif kind is Kind.BIRTH and Key.INFO in p:
+            info = json.dumps(jsonable(p[Key.INFO]), separators=(",", ":"))
+        elif kind is Kind.HEARTBEAT:
+            metrics = json.dumps(jsonable(p[Key.METRICS]), separators=(",", ":"))
+        elif kind is Kind.REPLY:
+            out = json.dumps(jsonable({"id": p[Key.ID], "reply": p[Key.REPLY]}), separators=(",", ":"))
+        return Candidate(
+            dev=o.dev,
+            boot=int(p[Key.BOOT]),
+            seq=int(p[Key.SEQ]),
+            kind=int(kind),
+            pipe=p.get(Key.PIPE),
+            t_device=int(p[Key.T]),
+            t_received=t_received,
+            model=p.get(Key.MODEL),
+            input=p.get(Key.INPUT),
+            out=out,
+            label=label,
+            score=score,
+            msg_id=o.msg_id,
+            prev=bytes(p[Key.PREV]),
+            cose=bytes(cose),
+            info=info,
+            public_key=bytes(p[Key.KEY]) if kind is Kind.BIRTH else None,
+            metrics=metrics,
+            gap=gap,
+        )
+
+
+# ---- statistics -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CollectorStats:
+    accepted: int
+    rejected: dict[str, int]  # verdict -> count (DUPLICATE not included)
+    duplicates: int
+    stored_by_device: dict[str, int]
+    labels_by_device: dict[str, dict[str, int]]
+    gaps: int  # seqs reported missing after the reorder timeout (and still missing from the store)
+    late: int  # messages accepted after their seq had been reported as a gap
+    latency_ms_p50: float | None
+    latency_ms_p95: float | None
+    msgs_per_s: float
+    batches: int
+    queue_depth: int
+    online: int
+    dropped_qos0: int
+    error: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "accepted": self.accepted,
+            "rejected": dict(self.rejected),
+            "duplicates": self.duplicates,
+            "stored_by_device": dict(self.stored_by_device),
+            "labels_by_device": {k: dict(v) for k, v in self.labels_by_device.items()},
+            "gaps": self.gaps,
+            "late": self.late,
+            "latency_ms_p50": self.latency_ms_p50,
+            "latency_ms_p95": self.latency_ms_p95,
+            "msgs_per_s": self.msgs_per_s,
+            "batches": self.batches,
+            "queue_depth": self.queue_depth,
+            "online": self.online,
+            "dropped_qos0": self.dropped_qos0,
+            "error": self.error,
+        }
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile of already sorted values (None when empty)."""
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(q / 100.0 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+@dataclass
+class _Counters:
+    accepted: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    duplicates: int = 0
+    by_device: dict[str, int] = field(default_factory=dict)
+    labels: dict[str, dict[str, int]] = field(default_factory=dict)
+    gaps: int = 0
+    batches: int = 0
+    dropped_qos0: int = 0
+    latency: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+    rate_marks: deque[tuple[float, int]] = field(default_factory=deque)
+    states: dict[str, tuple[str, int | None]] = field(default_factory=dict)
+    boots: dict[str, int] = field(default_factory=dict)
+
+    def online(self) -> int:
+        """Devices whose last state is online, or offline from an older boot (DESIGN §3)."""
+        n = 0
+        for dev, (state, boot) in self.states.items():
+            current = self.boots.get(dev)
+            if state == "online" or (boot is not None and current is not None and boot < current):
+                n += 1
+        return n
+
+
+# ---- the collector --------------------------------------------------------------------------
+
+_STOP = object()
+
+
+class Collector:
+    """Verify, store and acknowledge; see the module docstring."""
+
+    def __init__(
+        self,
+        config: CollectorConfig,
+        registry: Registry,
+        collector_signer: Signer,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self._registry = registry
+        self._signer = collector_signer
+        self._clock = clock
+        self._queue: queue.Queue[object] = queue.Queue(QUEUE_MAX)
+        self._lock = threading.Lock()
+        self._c = _Counters()
+        self._accepting = False
+        self._worker: threading.Thread | None = None
+        self._link: MqttLink | None = None
+        self._store: Store | None = None
+        self._intake: Intake | None = None
+        self._error: str | None = None
+        self._done = threading.Event()
+        self._ack_due: dict[tuple[str, int], int] = {}  # (dev, boot) -> seq to ack
+        self._ack_last: dict[tuple[str, int], float] = {}  # (dev, boot) -> when the last ack went
+        self._metrics: Any = None
+        self._metrics_server: Any = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the store, restore the chain, connect and subscribe; returns once subscribed."""
+        cfg = self.config
+        store = Store(cfg.store_path)
+        chain = ChainVerifier(cfg.reorder_timeout_s, recall=store.recall)
+        for dev, heads in store.restore_heads().items():
+            chain.restore(dev, [Head(b, s, m) for b, s, m in heads])
+        for d in store.devices():
+            self._c.boots[d["dev"]] = d["boot"]
+        for dev, st in store.states().items():
+            self._c.states[dev] = (st["state"], st["boot"])
+        self._store = store
+        self._intake = Intake(cfg.fleet, RegistryDirectory(self._registry, self._clock), chain)
+        if cfg.metrics_port is not None:
+            from fleet_cli.metrics import CollectorMetrics
+
+            self._metrics = CollectorMetrics(sum(store.quarantine_counts().values()))
+            self._metrics_server = self._metrics.serve(cfg.metrics_port, cfg.metrics_addr)
+        self._link = MqttLink(
+            cfg.mqtt_settings(),
+            subscriptions=cfg.filters(),
+            on_message=self._on_message,
+            manual_ack=True,
+            receive_maximum=cfg.receive_maximum,
+        )
+        self._accepting = True
+        self._worker = threading.Thread(target=self._run, name="collector-worker", daemon=True)
+        self._worker.start()
+        try:
+            self._link.connect()
+        except BaseException:
+            self._accepting = False
+            self._queue.put(_STOP)
+            self._worker.join()
+            self._close_resources()
+            raise
+        log.info(
+            "collecting fleet %s from %s:%d (MQTT %s%s)",
+            cfg.fleet,
+            cfg.host,
+            cfg.port,
+            self._link.protocol,
+            f", shared group {cfg.share_group}" if cfg.share_group else "",
+        )
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop taking messages, commit the batch, PUBACK and ack what is stored, disconnect."""
+        self._accepting = False
+        worker = self._worker
+        if worker is not None and worker.is_alive():
+            self._queue.put(_STOP)
+            worker.join(timeout)
+            if worker.is_alive():
+                log.error("the collector's worker did not finish within %.1f s", timeout)
+        self._close_resources()
+
+    def _close_resources(self) -> None:
+        if self._link is not None:
+            self._link.close()
+            self._link = None
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+            self._metrics_server = None
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def run_forever(self) -> None:
+        """Run until SIGTERM/SIGINT (or a fatal error); then stop cleanly. For ``fleet collect``."""
+        stop = threading.Event()
+
+        def handler(signum: int, frame: object) -> None:
+            stop.set()
+
+        old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+            while not stop.is_set() and not self._done.is_set():
+                stop.wait(0.2)
+        finally:
+            self.stop()
+            for s, h in old.items():
+                signal.signal(s, h)
+        if self._error is not None:
+            raise CollectorError(f"the collector stopped: {self._error}")
+
+    @property
+    def failed(self) -> str | None:
+        return self._error
+
+    # -- intake (paho's network thread: never block) ----------------------------------------------
+
+    def _on_message(self, m: Received) -> None:
+        if not self._accepting:
+            return  # not PUBACKed: it stays in the persistent session for the next start
+        try:
+            self._queue.put_nowait((m, time.time_ns() // 1_000_000))
+        except queue.Full:
+            if m.qos == 0:
+                with self._lock:
+                    self._c.dropped_qos0 += 1
+            else:  # cannot happen (see QUEUE_MAX); not PUBACKed, so redelivered after a reconnect
+                log.error("collector queue full; message left unacknowledged at the broker")
+
+    # -- worker ---------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception as e:  # a broken store or broker: stop, never ack what was not stored
+            log.exception("collector worker failed")
+            self._error = str(e) or type(e).__name__
+        finally:
+            self._done.set()
+
+    def _loop(self) -> None:
+        cfg = self.config
+        clock = self._clock
+        batch = Batch()
+        mids: list[tuple[int, int]] = []
+        started: float | None = None
+        next_expire = clock() + EXPIRE_INTERVAL_S
+        next_agg = clock() + cfg.agg_interval_s
+        next_log = clock() + cfg.log_interval_s
+        while True:
+            now = clock()
+            deadlines = [next_expire, next_agg, next_log]
+            if started is not None:
+                deadlines.append(started + cfg.batch_max_delay_s)
+            if self._ack_due:
+                deadlines.append(
+                    min(self._ack_last.get(k, -math.inf) for k in self._ack_due) + cfg.ack_interval_s
+                )
+            timeout = max(0.0, min(deadlines) - now)
+            try:
+                item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                break
+            now = clock()
+            if item is not None:
+                m, t_rx = cast("tuple[Received, int]", item)
+                self._take(m, t_rx, now, batch)
+                if m.qos > 0:
+                    mids.append((m.mid, m.qos))
+                if started is None:
+                    started = now
+            if now >= next_expire:
+                next_expire = now + EXPIRE_INTERVAL_S
+                assert self._intake is not None
+                for g in self._intake.chain.expire(now):
+                    batch.timeout_gaps.append(GapRange(g.dev, g.boot, g.first, g.last))
+                if batch.timeout_gaps and started is None:
+                    started = now
+            if started is not None and (
+                len(mids) >= cfg.batch_max_messages
+                or now - started >= cfg.batch_max_delay_s
+                or self._queue.empty()
+            ):
+                self._flush(batch, mids)
+                batch, mids, started = Batch(), [], None
+            self._send_acks(force=False)
+            if now >= next_agg:
+                next_agg = now + cfg.agg_interval_s
+                self._publish_aggregates()
+            if now >= next_log:
+                next_log = now + cfg.log_interval_s
+                self._log_progress()
+        # Stopping: whatever was taken is committed, PUBACKed and acked before the disconnect.
+        if not batch.empty() or mids:
+            self._flush(batch, mids)
+        self._send_acks(force=True)
+        self._publish_aggregates()
+
+    def _take(self, m: Received, t_rx: int, now: float, batch: Batch) -> None:
+        assert self._intake is not None
+        outcome = self._intake.judge(m.topic, m.payload, t_rx, now)
+        if isinstance(outcome, Candidate):
+            batch.candidates.append(outcome)
+        elif isinstance(outcome, Duplicate):
+            batch.duplicates[outcome.dev] = batch.duplicates.get(outcome.dev, 0) + 1
+            batch.touched.add((outcome.dev, outcome.boot))
+        elif isinstance(outcome, StateUpdate):
+            batch.states.append(outcome)
+        else:
+            if outcome.verdict not in (Verdict.EQUIVOCATION, Verdict.FORK):
+                log.info(
+                    "quarantined %s on %s: %s",
+                    outcome.verdict.value,
+                    _sanitize(outcome.topic),
+                    _sanitize(outcome.reason, 200),
+                )
+            batch.rejected.append(outcome)
+
+    def _flush(self, batch: Batch, mids: list[tuple[int, int]]) -> None:
+        assert self._store is not None
+        assert self._link is not None
+        t0 = time.perf_counter()
+        result = self._store.commit(batch)
+        elapsed = time.perf_counter() - t0
+        for mid, qos in mids:  # only now: the messages are stored (or quarantined)
+            self._link.ack(mid, qos)
+        self._account(batch, result, elapsed)
+        for h in result.heads:  # something arrived for each: new messages, or a resend wanting an ack
+            self._ack_due[(h.dev, h.boot)] = h.seq
+        if self.config.publish_verified:
+            for c in result.stored:
+                if c.kind == Kind.RESULT:
+                    self._publish_verified(c)
+
+    def _account(self, batch: Batch, result: CommitResult, elapsed: float) -> None:
+        now = self._clock()
+        with self._lock:
+            c = self._c
+            c.batches += 1
+            c.accepted += len(result.stored)
+            for s in result.stored:
+                c.by_device[s.dev] = c.by_device.get(s.dev, 0) + 1
+                if s.boot > c.boots.get(s.dev, -1):
+                    c.boots[s.dev] = s.boot
+                if s.kind == Kind.RESULT:
+                    c.latency.append(float(s.t_received - s.t_device))
+                    if s.label is not None:
+                        labels = c.labels.setdefault(s.dev, {})
+                        labels[s.label] = labels.get(s.label, 0) + 1
+            for r in [*batch.rejected, *result.conflicts]:
+                c.rejected[r.verdict.value] = c.rejected.get(r.verdict.value, 0) + 1
+            c.duplicates += sum(batch.duplicates.values()) + len(result.duplicates)
+            c.gaps += sum(g.last - g.first + 1 for g in result.gaps)
+            for st in batch.states:
+                c.states[st.dev] = (st.state, st.boot)
+            c.rate_marks.append((now, c.accepted))
+            while len(c.rate_marks) > 2 and now - c.rate_marks[0][0] > RATE_WINDOW_S:
+                c.rate_marks.popleft()
+            online = c.online()
+        for g in result.gaps:
+            log.warning("gap: %s boot %d seqs %d-%d missing after %.0f s", g.dev, g.boot, g.first, g.last,
+                        self.config.reorder_timeout_s)  # fmt: skip
+        if self._metrics is not None:
+            self._metrics.observe_batch(batch, result, elapsed, online, self._queue.qsize())
+
+    def _send_acks(self, *, force: bool) -> None:
+        if not self._ack_due or self._link is None:
+            return
+        now = self._clock()
+        interval = self.config.ack_interval_s
+        for key, seq in list(self._ack_due.items()):
+            if not force and now - self._ack_last.get(key, -math.inf) < interval:
+                continue
+            dev, boot = key
+            payload: dict[int, object] = {
+                Key.V: 1,
+                Key.DEV: dev,
+                Key.BOOT: boot,
+                Key.SEQ: seq,
+                Key.T: time.time_ns() // 1_000_000,
+                Key.KIND: int(Kind.ACK),
+            }
+            sealed = seal(payload, self._signer, self.config.fleet)
+            self._link.publish(device_topic(self.config.fleet, dev, Channel.ACK), sealed.cose, qos=1)
+            self._ack_last[key] = now
+            del self._ack_due[key]
+
+    def _publish_verified(self, c: Candidate) -> None:
+        assert self._link is not None
+        assert c.pipe is not None
+        head = json.dumps(
+            {
+                "fleet": self.config.fleet,
+                "dev": c.dev,
+                "pipe": c.pipe,
+                "boot": c.boot,
+                "seq": c.seq,
+                "t": c.t_device,
+                "t_received": c.t_received,
+                "msg_id": c.msg_id.hex(),
+                "model": c.model.hex() if c.model else None,
+                "input": c.input.hex() if c.input else None,
+                "verdict": Verdict.ACCEPTED.value,
+            },
+            separators=(",", ":"),
+        )
+        body = head[:-1] + ',"out":' + (c.out or "null") + "}"
+        self._link.publish(verified_topic(self.config.fleet, c.dev, c.pipe), body, qos=0)
+
+    def _publish_aggregates(self) -> None:
+        if self._link is None or not self._link.connected.is_set():
+            return
+        snap = self.snapshot()
+        doc = {
+            "fleet": self.config.fleet,
+            "t": time.time_ns() // 1_000_000,
+            "accepted": snap.accepted,
+            "rejected": snap.rejected,
+            "duplicates": snap.duplicates,
+            "gaps": snap.gaps,
+            "online": snap.online,
+            "msgs_per_s": round(snap.msgs_per_s, 1),
+            "latency_ms_p50": snap.latency_ms_p50,
+            "latency_ms_p95": snap.latency_ms_p95,
+            "devices": {
+                dev: {"accepted": n, "labels": snap.labels_by_device.get(dev, {})}
+                for dev, n in sorted(snap.stored_by_device.items())
+            },
+        }
+        self._link.publish(agg_topic(self.config.fleet, "summary"), json.dumps(doc), qos=0, retain=True)
+
+    def _log_progress(self) -> None:
+        s = self.snapshot()
+        log.info(
+            "ingest: %d accepted (%.0f/s), rejected %s, %d duplicates, %d gap seqs, queue %d",
+            s.accepted, s.msgs_per_s, s.rejected or "{}", s.duplicates, s.gaps, s.queue_depth,
+        )  # fmt: skip
+
+    # -- observing --------------------------------------------------------------------------------
+
+    def snapshot(self) -> CollectorStats:
+        """A consistent copy of the counters (thread-safe)."""
+        with self._lock:
+            c = self._c
+            lat = sorted(c.latency)
+            rate = 0.0
+            if len(c.rate_marks) >= 2:
+                (t0, n0), (t1, n1) = c.rate_marks[0], c.rate_marks[-1]
+                rate = (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+            return CollectorStats(
+                accepted=c.accepted,
+                rejected=dict(c.rejected),
+                duplicates=c.duplicates,
+                stored_by_device=dict(c.by_device),
+                labels_by_device={k: dict(v) for k, v in c.labels.items()},
+                gaps=c.gaps,
+                late=self._intake.late if self._intake else 0,
+                latency_ms_p50=percentile(lat, 50),
+                latency_ms_p95=percentile(lat, 95),
+                msgs_per_s=rate,
+                batches=c.batches,
+                queue_depth=self._queue.qsize(),
+                online=c.online(),
+                dropped_qos0=c.dropped_qos0,
+                error=self._error,
+            )
+
+    def wait_idle(self, timeout: float = 10.0, settle_s: float = 0.3) -> bool:
+        """Wait until nothing new has been taken for ``settle_s`` (tests, demo). True if idle."""
+        deadline = time.monotonic() + timeout
+        last = (-1, -1, -1)
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline:
+            s = self.snapshot()
+            cur = (s.accepted + sum(s.rejected.values()) + s.duplicates, s.batches, s.queue_depth)
+            if cur != last:
+                last, quiet_since = cur, time.monotonic()
+            elif s.queue_depth == 0 and time.monotonic() - quiet_since >= settle_s:
+                return True
+            time.sleep(0.05)
+        return False
+
+
+__all__ = [
+    "Collector",
+    "CollectorConfig",
+    "CollectorError",
+    "CollectorStats",
+    "DeviceEntry",
+    "Directory",
+    "Duplicate",
+    "GapReport",
+    "Intake",
+    "RegistryDirectory",
+]

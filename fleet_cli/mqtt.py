@@ -1,0 +1,340 @@
+"""A small paho-mqtt 2.x client for the fleet side: connect (MQTT 5, falling back to 3.1.1), subscribe,
+publish, acknowledge.
+
+Rules from FIELD-NOTES this module keeps:
+
+* one network thread (paho's ``loop_start``); callbacks never block: ``on_message`` hands the message
+  to the caller's function, which must only enqueue it;
+* with ``manual_ack`` the PUBACK of a QoS 1 delivery is sent only when the caller says so
+  (:meth:`Link.ack`): the collector acknowledges after the message is committed to its store, so the
+  broker keeps the message in the persistent session until then, and its in-flight window (MQTT 5
+  Receive Maximum / Mosquitto ``max_inflight_messages``) is the back-pressure on a slow collector;
+* with ``use_username_as_clientid`` every connection needs a user of its own (a second login with the
+  same name takes the first one over).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from fleet_cli.errors import FleetError
+
+if TYPE_CHECKING:
+    from fleet_cli.home import FleetHome
+
+log = logging.getLogger(__name__)
+
+# How long connect() waits for a CONNACK before it calls the broker unreachable.
+CONNECT_TIMEOUT_S = 10.0
+# Keepalive for fleet-side clients; Mosquitto caps it at its max_keepalive (300 s).
+KEEPALIVE_S = 30
+# A persistent collector session outlives a restart or an upgrade; Mosquitto also drops sessions
+# nobody resumes after persistent_client_expiration (14 days in the rendered config).
+SESSION_EXPIRY_S = 7 * 24 * 3600
+# MQTT 5 Receive Maximum (§3.1.2.11.3): QoS 1 deliveries the broker may have unacknowledged towards
+# us. The collector PUBACKs after its batch commits; 1000 covers one 500-message batch being written
+# while the next one arrives. 3.1.1 brokers use their own max_inflight_messages instead.
+RECEIVE_MAXIMUM = 1000
+# Reconnect back-off (paho): from 1 s up to 30 s.
+RECONNECT_MIN_S = 1
+RECONNECT_MAX_S = 30
+# CONNACK reason codes after which trying MQTT 3.1.1 makes sense (MQTT 5 §3.2.2.2 0x84 / 0x01).
+_UNSUPPORTED_VERSION = (0x84, 0x01)
+
+
+class MqttError(FleetError):
+    """The broker could not be reached, refused us, or the connection broke."""
+
+
+class Protocol(str, enum.Enum):
+    AUTO = "auto"
+    V5 = "5"
+    V311 = "3.1.1"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: str | None = None  # secret: never logged
+    tls_ca: Path | None = None  # CA certificate file: TLS with hostname checking when set
+    protocol: Protocol = Protocol.AUTO
+    client_id: str = ""
+    persistent: bool = False  # clean_start / clean_session False, session expiry set
+    keepalive_s: int = KEEPALIVE_S
+
+    def __repr__(self) -> str:  # no password in logs or tracebacks
+        return (
+            f"MqttSettings(host={self.host!r}, port={self.port}, username={self.username!r},"
+            f" tls={'yes' if self.tls_ca else 'no'}, protocol={self.protocol.value})"
+        )
+
+
+@dataclass(frozen=True)
+class Received:
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    retain: bool
+
+
+OnMessage = Callable[[Received], None]
+
+
+def settings_from_home(
+    home: FleetHome,
+    user: str,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    password: str | None = None,
+    tls_ca: Path | None = None,
+    protocol: Protocol = Protocol.AUTO,
+    client_id: str | None = None,
+    persistent: bool = False,
+) -> MqttSettings:
+    """Connection settings for ``user`` of the fleet in ``home``.
+
+    Default: the broker's plain loopback listener when it has one (no TLS needed on the same host),
+    else its TLS listener checked against the fleet CA. ``--port`` alone picks TLS when it is the
+    configured TLS port. The password comes from the registry unless given.
+    """
+    from fleet_cli.registry import Registry
+
+    b = home.config.broker
+    if port is None:
+        port = b.plain_port or b.tls_port
+    if tls_ca is None and port == b.tls_port:
+        tls_ca = home.ca_cert
+    if host is None:
+        host = "127.0.0.1" if tls_ca is None else b.host
+    if password is None:
+        with Registry(home.registry_db) as reg:
+            password = reg.user_credentials(user).password
+    return MqttSettings(
+        host=host,
+        port=port,
+        username=user,
+        password=password,
+        tls_ca=tls_ca,
+        protocol=protocol,
+        client_id=client_id or user,
+        persistent=persistent,
+    )
+
+
+class Link:
+    """One connection. ``on_message`` runs on paho's network thread and must not block."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        *,
+        subscriptions: Sequence[str] = (),
+        qos: int = 1,
+        on_message: OnMessage | None = None,
+        manual_ack: bool = False,
+        receive_maximum: int = RECEIVE_MAXIMUM,
+    ) -> None:
+        self.settings = settings
+        self.subscriptions = tuple(subscriptions)
+        self.qos = qos
+        self._on_message_cb = on_message
+        self._manual_ack = manual_ack
+        self._receive_maximum = receive_maximum
+        self.protocol: Protocol | None = None
+        self.connected = threading.Event()
+        self._client: mqtt.Client | None = None
+        self._connack: ReasonCode | None = None
+        self._closed = threading.Event()
+        self._sub_acked = threading.Event()
+        self._pending_subs = 0
+        self._lock = threading.Lock()
+        self.reconnects = 0
+
+    # -- connecting ---------------------------------------------------------------------------
+
+    def connect(self, timeout_s: float = CONNECT_TIMEOUT_S) -> Link:
+        """Connect and subscribe; try MQTT 5 then 3.1.1 when the protocol is ``auto``."""
+        order = {
+            Protocol.AUTO: (Protocol.V5, Protocol.V311),
+            Protocol.V5: (Protocol.V5,),
+            Protocol.V311: (Protocol.V311,),
+        }[self.settings.protocol]
+        first_error: MqttError | None = None
+        for proto in order:
+            try:
+                self._connect_once(proto, timeout_s)
+            except MqttError as e:
+                first_error = first_error or e
+                code = self._connack.value if self._connack is not None else None
+                if code is not None and code not in _UNSUPPORTED_VERSION:
+                    raise  # a real refusal (credentials, ACL): 3.1.1 would not help
+                log.info("MQTT %s failed (%s); trying the next protocol version", proto.value, e)
+                continue
+            self.protocol = proto
+            return self
+        assert first_error is not None
+        raise first_error
+
+    def _make_client(self, proto: Protocol) -> mqtt.Client:
+        s = self.settings
+        kwargs: dict[str, Any] = {"client_id": s.client_id, "manual_ack": self._manual_ack}
+        if proto is Protocol.V5:
+            kwargs["protocol"] = mqtt.MQTTv5
+        else:
+            kwargs["protocol"] = mqtt.MQTTv311
+            kwargs["clean_session"] = not s.persistent
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, **kwargs)
+        if s.username is not None:
+            client.username_pw_set(s.username, s.password)
+        if s.tls_ca is not None:
+            try:
+                client.tls_set(ca_certs=str(s.tls_ca), cert_reqs=ssl.CERT_REQUIRED)
+            except (OSError, ssl.SSLError) as e:
+                raise MqttError(f"cannot use the CA certificate {s.tls_ca}: {e}") from e
+        client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        return client
+
+    def _connect_once(self, proto: Protocol, timeout_s: float) -> None:
+        s = self.settings
+        self._connack = None
+        self.connected.clear()
+        client = self._make_client(proto)
+        self._client = client
+        props: Properties | None = None
+        clean_start: Any = mqtt.MQTT_CLEAN_START_FIRST_ONLY
+        if proto is Protocol.V5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.ReceiveMaximum = self._receive_maximum
+            if s.persistent:
+                props.SessionExpiryInterval = SESSION_EXPIRY_S
+                clean_start = False
+            else:
+                clean_start = True
+        try:
+            client.connect(s.host, s.port, keepalive=s.keepalive_s, clean_start=clean_start, properties=props)
+        except (OSError, ssl.SSLError) as e:
+            raise MqttError(
+                f"cannot reach the broker at {s.host}:{s.port}: {e}",
+                hint="is it running? (`fleet broker start`); check --host/--port",
+            ) from e
+        deadline = time.monotonic() + timeout_s
+        while not self.connected.is_set() and self._connack is None and time.monotonic() < deadline:
+            rc = client.loop(0.05)
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                break
+        if not self.connected.is_set():
+            client._reset_sockets()
+            reason = (
+                self._connack if self._connack is not None else "no CONNACK (connection closed or timed out)"
+            )
+            raise MqttError(
+                f"the broker at {s.host}:{s.port} refused MQTT {proto.value}: {reason}",
+                hint="check the user name and password (`fleet user credentials NAME`) and the broker's ACL",
+            )
+        # loop() above made paho's wake-up socket pair; loop_start() makes another without closing it.
+        client._reset_sockets(sockpair_only=True)
+        client.loop_start()
+        if self.subscriptions and not self._sub_acked.wait(timeout_s):
+            self.close()
+            raise MqttError(f"no SUBACK from {s.host}:{s.port}")
+
+    # -- paho callbacks (network thread: never block) -------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, u: object, flags: Any, rc: ReasonCode, props: object) -> None:
+        self._connack = rc
+        if rc.is_failure:
+            return
+        if self.connected.is_set() or self.reconnects:
+            log.info("reconnected to %s:%d", self.settings.host, self.settings.port)
+        session_present = bool(getattr(flags, "session_present", False))
+        if self.subscriptions and not session_present:
+            with self._lock:
+                self._pending_subs = len(self.subscriptions)
+            for f in self.subscriptions:
+                client.subscribe(f, self.qos)
+        else:
+            self._sub_acked.set()
+        self.connected.set()
+
+    def _on_subscribe(self, c: object, u: object, mid: int, rcs: list[ReasonCode], props: object) -> None:
+        for rc in rcs:
+            if rc.is_failure:
+                log.warning("subscription refused: %s", rc)
+        with self._lock:
+            self._pending_subs -= 1
+            if self._pending_subs <= 0:
+                self._sub_acked.set()
+
+    def _on_disconnect(self, c: object, u: object, flags: object, rc: ReasonCode, props: object) -> None:
+        if not self._closed.is_set():
+            self.reconnects += 1
+            log.warning("disconnected from the broker (%s); paho reconnects", rc)
+        self.connected.clear()
+
+    def _on_message(self, c: object, u: object, m: mqtt.MQTTMessage) -> None:
+        if self._on_message_cb is None:
+            return
+        try:
+            topic = m.topic
+        except UnicodeDecodeError:
+            topic = "<topic is not UTF-8>"
+        self._on_message_cb(Received(topic, bytes(m.payload), m.mid, m.qos, bool(m.retain)))
+
+    # -- use ----------------------------------------------------------------------------------
+
+    @property
+    def client(self) -> mqtt.Client:
+        if self._client is None:
+            raise MqttError("not connected")
+        return self._client
+
+    def publish(self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False) -> None:
+        """Queue a publish on the network thread; never waits."""
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN, mqtt.MQTT_ERR_QUEUE_SIZE):
+            log.warning("publish to %s failed: %s", topic, mqtt.error_string(info.rc))
+
+    def publish_wait(self, topic: str, payload: bytes | str, *, qos: int = 1, timeout_s: float = 5.0) -> None:
+        """Publish and wait for the PUBACK (for one-shot commands, never from a callback)."""
+        info = self.client.publish(topic, payload, qos=qos)
+        info.wait_for_publish(timeout_s)
+        if not info.is_published():
+            raise MqttError(f"the broker did not acknowledge the publish to {topic}")
+
+    def ack(self, mid: int, qos: int = 1) -> None:
+        if self._manual_ack and qos > 0 and self._client is not None:
+            self._client.ack(mid, qos)
+
+    def close(self) -> None:
+        self._closed.set()
+        client = self._client
+        if client is None:
+            return
+        client.disconnect()
+        client.loop_stop()
+        self.connected.clear()

@@ -1,0 +1,619 @@
+"""The collector's store (DESIGN §6): one SQLite file in WAL mode, written in batched transactions.
+
+Tables:
+
+* ``messages`` — every accepted device message with its raw COSE bytes, ``UNIQUE (dev, boot, seq)``.
+  Append-only (triggers refuse UPDATE and DELETE) and ordered by arrival (``id``): a later release
+  builds an RFC 6962 Merkle log over exactly these bytes in exactly this order.
+* ``heads`` — per (dev, boot) the highest seq such that every seq up to it is stored or was dropped
+  by the device itself (a signed gap record). It is what the collector acks (DESIGN §3) and what a
+  restarted collector restores its chain verifier from.
+* ``devices`` — per device counters and the latest birth info / heartbeat metrics, for ``fleet status``.
+* ``keys`` — device keys seen in verified births (the registry holds the binding; this is history).
+* ``quarantine`` — every rejected message: raw bytes, topic, verdict, reason, time. Never pruned here.
+* ``gaps`` — missing seqs: ``source`` is ``device`` (a signed gap record) or ``timeout`` (still
+  missing from the store after the reorder timeout).
+* ``states`` — the latest advisory ``state`` JSON of each device (DESIGN §3), unverified.
+
+The store is the arbiter when several collectors share it (``--share``): :meth:`Store.commit`
+re-checks every candidate against the stored neighbours (same seq: DUPLICATE / EQUIVOCATION;
+``prev`` of seq+1 or the msg_id of seq-1 disagreeing: FORK) inside the write transaction, so the
+outcome does not depend on which collector saw which message or in which order.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from edge_protocol.envelope import Verdict
+from fleet_cli.errors import FleetError
+
+SCHEMA_VERSION = 1
+# A second collector or a CLI reader may hold the write lock for one batch (tens of ms); wait this
+# long before giving up with an error.
+BUSY_TIMEOUT_S = 30.0
+# How many rows a streaming reader fetches per round trip (export, stats): memory stays flat.
+FETCH_ROWS = 1000
+
+_SCHEMA = (
+    """
+CREATE TABLE IF NOT EXISTS messages (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,  -- arrival order; never reused
+    dev         TEXT NOT NULL,
+    boot        INTEGER NOT NULL,
+    seq         INTEGER NOT NULL,
+    kind        INTEGER NOT NULL,
+    pipe        TEXT,
+    t_device    INTEGER NOT NULL,   -- ms, the device's advisory clock
+    t_received  INTEGER NOT NULL,   -- ms, the collector's clock when the message arrived
+    model       BLOB,
+    input       BLOB,
+    out         TEXT,               -- JSON of the result map (bytes as hex)
+    label       TEXT,               -- out.label when it is text, for aggregation
+    score       REAL,               -- out.score when it is a number
+    msg_id      BLOB NOT NULL,
+    prev        BLOB NOT NULL,
+    cose        BLOB NOT NULL,      -- the exact bytes received and verified
+    UNIQUE (dev, boot, seq)
+) STRICT""",
+    "CREATE INDEX IF NOT EXISTS messages_t ON messages (t_received)",
+    """
+CREATE TRIGGER IF NOT EXISTS messages_no_update BEFORE UPDATE ON messages
+BEGIN SELECT RAISE(ABORT, 'messages are append-only'); END""",
+    """
+CREATE TRIGGER IF NOT EXISTS messages_no_delete BEFORE DELETE ON messages
+BEGIN SELECT RAISE(ABORT, 'messages are append-only'); END""",
+    """
+CREATE TABLE IF NOT EXISTS heads (
+    dev         TEXT NOT NULL,
+    boot        INTEGER NOT NULL,
+    seq         INTEGER NOT NULL,   -- every seq <= this is stored or dropped by the device
+    msg_id      BLOB NOT NULL,      -- of the highest stored message at or below seq (zeros if none)
+    updated_ms  INTEGER NOT NULL,
+    PRIMARY KEY (dev, boot)
+) STRICT""",
+    """
+CREATE TABLE IF NOT EXISTS devices (
+    dev           TEXT PRIMARY KEY,
+    first_seen_ms INTEGER NOT NULL,
+    last_seen_ms  INTEGER NOT NULL,
+    boot          INTEGER NOT NULL DEFAULT -1,
+    last_seq      INTEGER NOT NULL DEFAULT -1,
+    accepted      INTEGER NOT NULL DEFAULT 0,
+    rejected      INTEGER NOT NULL DEFAULT 0,
+    duplicates    INTEGER NOT NULL DEFAULT 0,
+    gaps          INTEGER NOT NULL DEFAULT 0,   -- seqs reported missing after the reorder timeout
+    drops         INTEGER NOT NULL DEFAULT 0,   -- seqs the device says it dropped (gap records)
+    info          TEXT,                         -- JSON of the latest birth's info map
+    info_boot     INTEGER NOT NULL DEFAULT -1,
+    metrics       TEXT,                         -- JSON of the latest heartbeat's metrics map
+    metrics_at    INTEGER NOT NULL DEFAULT -1,  -- boot * 2^32 + seq of that heartbeat
+    metrics_ms    INTEGER
+) STRICT""",
+    """
+CREATE TABLE IF NOT EXISTS keys (
+    dev           TEXT NOT NULL,
+    public_key    BLOB NOT NULL,
+    first_seen_ms INTEGER NOT NULL,
+    PRIMARY KEY (dev, public_key)
+) STRICT""",
+    """
+CREATE TABLE IF NOT EXISTS quarantine (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    t_received  INTEGER NOT NULL,
+    topic       TEXT NOT NULL,
+    dev         TEXT,               -- the device the topic names, if it names one
+    verdict     TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    cose        BLOB NOT NULL
+) STRICT""",
+    "CREATE INDEX IF NOT EXISTS quarantine_dev ON quarantine (dev)",
+    """
+CREATE TABLE IF NOT EXISTS gaps (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    dev         TEXT NOT NULL,
+    boot        INTEGER NOT NULL,
+    first       INTEGER NOT NULL,
+    last        INTEGER NOT NULL,
+    source      TEXT NOT NULL CHECK (source IN ('device', 'timeout')),
+    why         TEXT,
+    t_ms        INTEGER NOT NULL
+) STRICT""",
+    "CREATE INDEX IF NOT EXISTS gaps_dev ON gaps (dev, boot)",
+    """
+CREATE TABLE IF NOT EXISTS states (
+    dev         TEXT PRIMARY KEY,
+    state       TEXT NOT NULL,
+    boot        INTEGER,
+    t_device    INTEGER,
+    t_received  INTEGER NOT NULL
+) STRICT""",
+)
+
+ZERO_ID = bytes(32)
+_SEQ_SHIFT = 1 << 32  # metrics_at orders heartbeats by (boot, seq)
+
+
+class StoreError(FleetError):
+    """The store cannot be opened or written."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A verified device message the chain verifier accepted, waiting for the batch to commit."""
+
+    dev: str
+    boot: int
+    seq: int
+    kind: int
+    pipe: str | None
+    t_device: int
+    t_received: int
+    model: bytes | None
+    input: bytes | None
+    out: str | None
+    label: str | None
+    score: float | None
+    msg_id: bytes
+    prev: bytes
+    cose: bytes
+    info: str | None = None  # birth: JSON of info
+    public_key: bytes | None = None  # birth: the key it carries
+    metrics: str | None = None  # heartbeat: JSON of metrics
+    gap: tuple[int, int, str] | None = None  # gap record: (from, to, why)
+
+
+@dataclass(frozen=True)
+class Rejected:
+    topic: str
+    dev: str | None
+    verdict: Verdict
+    reason: str
+    cose: bytes
+    t_received: int
+
+
+@dataclass(frozen=True)
+class GapRange:
+    dev: str
+    boot: int
+    first: int
+    last: int
+
+
+@dataclass(frozen=True)
+class StateUpdate:
+    dev: str
+    state: str
+    boot: int | None
+    t_device: int | None
+    t_received: int
+
+
+@dataclass
+class Batch:
+    """What one transaction writes. Filled by the collector's worker, consumed by :meth:`Store.commit`."""
+
+    candidates: list[Candidate] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    duplicates: dict[str, int] = field(default_factory=dict)
+    touched: set[tuple[str, int]] = field(default_factory=set)  # (dev, boot) whose head may move
+    timeout_gaps: list[GapRange] = field(default_factory=list)
+    states: list[StateUpdate] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.candidates) + len(self.rejected) + sum(self.duplicates.values()) + len(self.states)
+
+    def empty(self) -> bool:
+        return not (
+            self.candidates
+            or self.rejected
+            or self.duplicates
+            or self.touched
+            or self.timeout_gaps
+            or self.states
+        )
+
+
+@dataclass(frozen=True)
+class AckHead:
+    dev: str
+    boot: int
+    seq: int
+    msg_id: bytes
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    stored: list[Candidate]
+    conflicts: list[Rejected]  # candidates the store refused (DUPLICATE already counted apart)
+    duplicates: list[Candidate]  # candidates another collector had stored already
+    heads: list[AckHead]  # (dev, boot) heads after the commit, for the touched pairs
+    gaps: list[GapRange]  # timeout gaps that really are missing from the store
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Store:
+    """The SQLite store at ``path``. One connection, used by one writer thread (plus readers)."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        try:
+            if readonly:
+                if not self.path.exists():
+                    raise StoreError(
+                        f"no store at {self.path}",
+                        hint="run `fleet collect` first, or point --store at the collector's file",
+                    )
+                uri = f"file:{self.path}?mode=ro"
+                self._db = sqlite3.connect(
+                    uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+                )
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(
+                    self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+                )
+                self._db.execute("PRAGMA journal_mode = WAL")
+                # FIELD-NOTES: NORMAL survives a killed process; acks promise "stored", and a power
+                # loss costs at most the last WAL frames, which devices still hold (never acked twice
+                # the same way: the head is written in the same transaction).
+                self._db.execute("PRAGMA synchronous = NORMAL")
+            self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            if not readonly:
+                version = self._db.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"{self.path} has store schema {version}; this edgeseal knows {SCHEMA_VERSION}"
+                    )
+                if version < SCHEMA_VERSION:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    for stmt in _SCHEMA:
+                        self._db.execute(stmt)
+                    self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                    self._db.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open the store {self.path}: {e}") from e
+        self._covered: dict[tuple[str, int], list[tuple[int, int]]] = {}
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def commit(self, batch: Batch) -> CommitResult:
+        """Write one batch in one transaction; see the module docstring for the checks it makes."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    result = self._write(batch)
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as e:
+                raise StoreError(f"store {self.path}: {e}") from e
+        return result
+
+    def _write(self, batch: Batch) -> CommitResult:
+        db = self._db
+        now = _now_ms()
+        stored: list[Candidate] = []
+        conflicts: list[Rejected] = []
+        dups: list[Candidate] = []
+        per_dev: dict[str, list[Candidate]] = {}
+        rejected_by_dev: dict[str, int] = {}
+        for c in batch.candidates:
+            verdict, reason = self._check(c)
+            if verdict is Verdict.DUPLICATE:
+                dups.append(c)
+                batch.touched.add((c.dev, c.boot))
+                continue
+            if verdict is not None:
+                conflicts.append(Rejected("", c.dev, verdict, reason, c.cose, c.t_received))
+                continue
+            db.execute(
+                "INSERT INTO messages (dev, boot, seq, kind, pipe, t_device, t_received, model, input,"
+                " out, label, score, msg_id, prev, cose) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    c.dev, c.boot, c.seq, c.kind, c.pipe, c.t_device, c.t_received, c.model, c.input,
+                    c.out, c.label, c.score, c.msg_id, c.prev, c.cose,
+                ),
+            )  # fmt: skip
+            stored.append(c)
+            per_dev.setdefault(c.dev, []).append(c)
+            batch.touched.add((c.dev, c.boot))
+            if c.gap is not None:
+                lo, hi, why = c.gap
+                db.execute(
+                    "INSERT INTO gaps (dev, boot, first, last, source, why, t_ms) VALUES (?,?,?,?,?,?,?)",
+                    (c.dev, c.boot, lo, hi, "device", why, c.t_received),
+                )
+                self._covered.setdefault((c.dev, c.boot), []).append((lo, hi))
+        for r in [*batch.rejected, *conflicts]:
+            db.execute(
+                "INSERT INTO quarantine (t_received, topic, dev, verdict, reason, cose) VALUES (?,?,?,?,?,?)",
+                (r.t_received, r.topic, r.dev, r.verdict.value, r.reason, r.cose),
+            )
+            if r.dev is not None:
+                rejected_by_dev[r.dev] = rejected_by_dev.get(r.dev, 0) + 1
+        for dev in {*per_dev, *rejected_by_dev, *batch.duplicates, *(c.dev for c in dups)}:
+            self._touch_device(dev, now)
+        for dev, cands in per_dev.items():
+            self._update_device(dev, cands)
+        for dev, n in rejected_by_dev.items():
+            db.execute("UPDATE devices SET rejected = rejected + ? WHERE dev = ?", (n, dev))
+        dup_counts = dict(batch.duplicates)
+        for c in dups:
+            dup_counts[c.dev] = dup_counts.get(c.dev, 0) + 1
+        for dev, n in dup_counts.items():
+            db.execute("UPDATE devices SET duplicates = duplicates + ? WHERE dev = ?", (n, dev))
+        gaps = self._record_timeout_gaps(batch.timeout_gaps, now)
+        for s in batch.states:
+            db.execute(
+                "INSERT INTO states (dev, state, boot, t_device, t_received) VALUES (?,?,?,?,?)"
+                " ON CONFLICT (dev) DO UPDATE SET state = excluded.state, boot = excluded.boot,"
+                " t_device = excluded.t_device, t_received = excluded.t_received",
+                (s.dev, s.state, s.boot, s.t_device, s.t_received),
+            )
+        heads = [self._advance_head(dev, boot, now) for dev, boot in sorted(batch.touched)]
+        return CommitResult(stored, conflicts, dups, [h for h in heads if h is not None], gaps)
+
+    def _check(self, c: Candidate) -> tuple[Verdict | None, str]:
+        rows = self._db.execute(
+            "SELECT seq, msg_id, prev FROM messages WHERE dev = ? AND boot = ? AND seq BETWEEN ? AND ?",
+            (c.dev, c.boot, c.seq - 1, c.seq + 1),
+        ).fetchall()
+        for seq, msg_id, prev in rows:
+            if seq == c.seq:
+                if msg_id == c.msg_id:
+                    return Verdict.DUPLICATE, "already stored"
+                return Verdict.EQUIVOCATION, f"boot {c.boot} seq {c.seq} is stored with another msg_id"
+            if seq == c.seq - 1 and msg_id != c.prev:
+                return Verdict.FORK, f"prev does not match the stored message at seq {seq}"
+            if seq == c.seq + 1 and prev != c.msg_id:
+                return Verdict.FORK, f"the stored message at seq {seq} names another prev"
+        return None, ""
+
+    def _touch_device(self, dev: str, now: int) -> None:
+        self._db.execute(
+            "INSERT INTO devices (dev, first_seen_ms, last_seen_ms) VALUES (?, ?, ?)"
+            " ON CONFLICT (dev) DO UPDATE SET last_seen_ms = MAX(last_seen_ms, excluded.last_seen_ms)",
+            (dev, now, now),
+        )
+
+    def _update_device(self, dev: str, cands: list[Candidate]) -> None:
+        db = self._db
+        top = max(cands, key=lambda c: (c.boot, c.seq))
+        drops = sum(c.gap[1] - c.gap[0] + 1 for c in cands if c.gap is not None)
+        # SET expressions all see the old row, so the CASE reads the old boot.
+        db.execute(
+            "UPDATE devices SET accepted = accepted + ?, drops = drops + ?,"
+            " last_seq = CASE WHEN ? > boot THEN ? WHEN ? = boot THEN MAX(last_seq, ?) ELSE last_seq END,"
+            " boot = MAX(boot, ?) WHERE dev = ?",
+            (len(cands), drops, top.boot, top.seq, top.boot, top.seq, top.boot, dev),
+        )
+        for c in cands:
+            if c.info is not None:
+                db.execute(
+                    "UPDATE devices SET info = ?, info_boot = ? WHERE dev = ? AND info_boot <= ?",
+                    (c.info, c.boot, dev, c.boot),
+                )
+            if c.public_key is not None:
+                db.execute(
+                    "INSERT OR IGNORE INTO keys (dev, public_key, first_seen_ms) VALUES (?,?,?)",
+                    (dev, c.public_key, c.t_received),
+                )
+            if c.metrics is not None:
+                at = c.boot * _SEQ_SHIFT + c.seq
+                db.execute(
+                    "UPDATE devices SET metrics = ?, metrics_at = ?, metrics_ms = ?"
+                    " WHERE dev = ? AND metrics_at < ?",
+                    (c.metrics, at, c.t_received, dev, at),
+                )
+
+    def _record_timeout_gaps(self, gaps: list[GapRange], now: int) -> list[GapRange]:
+        """Keep only the seqs of each reported range that are really missing from the store."""
+        out: list[GapRange] = []
+        for g in gaps:
+            have = {
+                r[0]
+                for r in self._db.execute(
+                    "SELECT seq FROM messages WHERE dev = ? AND boot = ? AND seq BETWEEN ? AND ?",
+                    (g.dev, g.boot, g.first, g.last),
+                )
+            }
+            covered = self._covered_ranges(g.dev, g.boot)
+            run: list[int] = []
+            for s in range(g.first, g.last + 1):
+                missing = s not in have and not any(lo <= s <= hi for lo, hi in covered)
+                if missing:
+                    run.append(s)
+                if run and (not missing or s == g.last):
+                    out.append(GapRange(g.dev, g.boot, run[0], run[-1]))
+                    run = []
+        for g in out:
+            self._db.execute(
+                "INSERT INTO gaps (dev, boot, first, last, source, why, t_ms) VALUES (?,?,?,?,?,?,?)",
+                (g.dev, g.boot, g.first, g.last, "timeout", "missing after the reorder timeout", now),
+            )
+            self._touch_device(g.dev, now)
+            self._db.execute(
+                "UPDATE devices SET gaps = gaps + ? WHERE dev = ?", (g.last - g.first + 1, g.dev)
+            )
+        return out
+
+    def _covered_ranges(self, dev: str, boot: int) -> list[tuple[int, int]]:
+        key = (dev, boot)
+        if key not in self._covered:
+            self._covered[key] = [
+                (r[0], r[1])
+                for r in self._db.execute(
+                    "SELECT first, last FROM gaps WHERE dev = ? AND boot = ? AND source = 'device'",
+                    (dev, boot),
+                )
+            ]
+        return self._covered[key]
+
+    def _advance_head(self, dev: str, boot: int, now: int) -> AckHead | None:
+        """Move the stored head of (dev, boot) over every stored or device-dropped seq above it."""
+        row = self._db.execute(
+            "SELECT seq, msg_id FROM heads WHERE dev = ? AND boot = ?", (dev, boot)
+        ).fetchone()
+        head, head_id = (row[0], row[1]) if row is not None else (-1, ZERO_ID)
+        covered = self._covered_ranges(dev, boot)
+        cur = self._db.execute(
+            "SELECT seq, msg_id FROM messages WHERE dev = ? AND boot = ? AND seq > ? ORDER BY seq",
+            (dev, boot, head),
+        )
+        new_head, new_id = head, head_id
+        for seq, msg_id in cur:
+            while new_head + 1 < seq:
+                nxt = new_head + 1
+                hit = next(((lo, hi) for lo, hi in covered if lo <= nxt <= hi), None)
+                if hit is None:
+                    break
+                new_head = min(hit[1], seq - 1)
+            if seq != new_head + 1:
+                break
+            new_head, new_id = seq, msg_id
+        cur.close()
+        if new_head < 0:
+            return None
+        if new_head != head:
+            self._db.execute(
+                "INSERT INTO heads (dev, boot, seq, msg_id, updated_ms) VALUES (?,?,?,?,?)"
+                " ON CONFLICT (dev, boot) DO UPDATE SET seq = excluded.seq, msg_id = excluded.msg_id,"
+                " updated_ms = excluded.updated_ms WHERE excluded.seq > heads.seq",
+                (dev, boot, new_head, new_id, now),
+            )
+        return AckHead(dev, boot, new_head, new_id)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def _query(self, sql: str, args: Iterable[Any] = ()) -> list[Any]:
+        try:
+            with self._lock:
+                return self._db.execute(sql, tuple(args)).fetchall()
+        except sqlite3.Error as e:
+            raise StoreError(f"store {self.path}: {e}") from e
+
+    def recall(self, dev: str, boot: int, seq: int) -> tuple[bytes, bytes] | None:
+        """``(msg_id, prev)`` of a stored message (the chain verifier's lookup after a restart)."""
+        rows = self._query(
+            "SELECT msg_id, prev FROM messages WHERE dev = ? AND boot = ? AND seq = ?", (dev, boot, seq)
+        )
+        return (bytes(rows[0][0]), bytes(rows[0][1])) if rows else None
+
+    def restore_heads(self) -> dict[str, list[tuple[int, int, bytes]]]:
+        """dev -> [(boot, seq, msg_id)] for a chain verifier to restart from.
+
+        The seq is the highest *stored* message at or below the stored head: a head that ends on
+        seqs the device dropped has no msg_id of its own, and the next message names the dropped
+        one as ``prev``, which the verifier must not compare against the head's.
+        """
+        out: dict[str, list[tuple[int, int, bytes]]] = {}
+        for dev, boot, seq, msg_id in self._query(
+            "SELECT h.dev, h.boot, m.seq, m.msg_id FROM heads h JOIN messages m"
+            " ON m.dev = h.dev AND m.boot = h.boot AND m.seq = (SELECT MAX(seq) FROM messages"
+            " WHERE dev = h.dev AND boot = h.boot AND seq <= h.seq) ORDER BY h.dev, h.boot"
+        ):
+            out.setdefault(dev, []).append((boot, seq, bytes(msg_id)))
+        return out
+
+    def heads(self) -> dict[str, list[tuple[int, int, bytes]]]:
+        """dev -> [(boot, seq, msg_id)] of every stored head."""
+        out: dict[str, list[tuple[int, int, bytes]]] = {}
+        for dev, boot, seq, msg_id in self._query(
+            "SELECT dev, boot, seq, msg_id FROM heads ORDER BY dev, boot"
+        ):
+            out.setdefault(dev, []).append((boot, seq, bytes(msg_id)))
+        return out
+
+    def devices(self) -> list[dict[str, Any]]:
+        cols = (
+            "dev", "first_seen_ms", "last_seen_ms", "boot", "last_seq", "accepted", "rejected",
+            "duplicates", "gaps", "drops", "info", "metrics", "metrics_ms",
+        )  # fmt: skip
+        rows = self._query(f"SELECT {', '.join(cols)} FROM devices ORDER BY dev")  # noqa: S608 - constant columns
+        out = []
+        for row in rows:
+            d = dict(zip(cols, row, strict=True))
+            d["info"] = json.loads(d["info"]) if d["info"] else None
+            d["metrics"] = json.loads(d["metrics"]) if d["metrics"] else None
+            out.append(d)
+        return out
+
+    def states(self) -> dict[str, dict[str, Any]]:
+        rows = self._query("SELECT dev, state, boot, t_device, t_received FROM states")
+        return {r[0]: {"state": r[1], "boot": r[2], "t": r[3], "t_received": r[4]} for r in rows}
+
+    def quarantine_counts(self) -> dict[str, int]:
+        return dict(self._query("SELECT verdict, COUNT(*) FROM quarantine GROUP BY verdict"))
+
+    def quarantine(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self._query(
+            "SELECT id, t_received, topic, dev, verdict, reason, cose FROM quarantine"
+            " ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        keys = ("id", "t_received", "topic", "dev", "verdict", "reason", "cose")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def gaps(self, dev: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT dev, boot, first, last, source, why, t_ms FROM gaps"
+        rows = self._query(sql + (" WHERE dev = ?" if dev else "") + " ORDER BY id", (dev,) if dev else ())
+        keys = ("dev", "boot", "first", "last", "source", "why", "t_ms")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def count_messages(self) -> int:
+        return int(self._query("SELECT COUNT(*) FROM messages")[0][0])
+
+    def models(self) -> dict[str, list[str]]:
+        """dev -> model hashes (hex) of its stored results, most used first."""
+        out: dict[str, list[str]] = {}
+        for dev, model, _n in self._query(
+            "SELECT dev, model, COUNT(*) AS n FROM messages WHERE model IS NOT NULL"
+            " GROUP BY dev, model ORDER BY dev, n DESC"
+        ):
+            out.setdefault(dev, []).append(bytes(model).hex())
+        return out
+
+    def iter_rows(self, sql: str, args: Iterable[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        """Stream the rows of a read query in chunks of :data:`FETCH_ROWS` (memory stays flat)."""
+        with self._lock:
+            try:
+                cur = self._db.execute(sql, tuple(args))
+            except sqlite3.Error as e:
+                raise StoreError(f"store {self.path}: {e}") from e
+        try:
+            while True:
+                with self._lock:
+                    chunk = cur.fetchmany(FETCH_ROWS)
+                if not chunk:
+                    return
+                yield from chunk
+        finally:
+            cur.close()

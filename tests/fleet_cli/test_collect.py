@@ -1,0 +1,195 @@
+"""The collector against a real Mosquitto: enrolment, verdicts, quarantine, duplicates, acks, restart."""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge_protocol.envelope import MAX_ENVELOPE_BYTES, open_envelope
+from edge_protocol.keys import Signer
+from edge_protocol.payload import Key, Kind
+from edge_protocol.topics import Channel, device_topic, verified_topic
+from fleet_cli.registry import Registry
+from fleet_cli.store import Store
+from tests.conftest import Broker
+from tests.fleet_cli._collect_sim import (
+    Listener,
+    Publisher,
+    SimDevice,
+    add_devices,
+    collector_config,
+    running,
+    unique_fleet,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[Registry]:
+    with Registry(tmp_path / "registry.db") as reg:
+        yield reg
+
+
+@pytest.fixture
+def pub(mosquitto: Broker) -> Iterator[Publisher]:
+    p = Publisher(mosquitto.host, mosquitto.port)
+    yield p
+    p.close()
+
+
+def stored(path: Path) -> list[tuple[str, int, int, int]]:
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT dev, boot, seq, kind FROM messages ORDER BY dev, boot, seq").fetchall()
+
+
+def quarantined(path: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT verdict, topic FROM quarantine ORDER BY id").fetchall()
+
+
+def test_enrol_by_claim_store_ack_and_republish(
+    mosquitto: Broker, registry: Registry, pub: Publisher, tmp_path: Path
+) -> None:
+    fleet = unique_fleet()
+    devs = add_devices(registry, fleet, ["dev-01"])
+    d = devs["dev-01"]
+    signer = Signer.generate()
+    store = tmp_path / "store.db"
+    acks = Listener(mosquitto.host, mosquitto.port, device_topic(fleet, "dev-01", Channel.ACK))
+    verified = Listener(mosquitto.host, mosquitto.port, verified_topic(fleet, "dev-01", "vib"))
+    try:
+        with running(collector_config(fleet, mosquitto.host, mosquitto.port, store), registry, signer) as c:
+            msgs = [d.birth(), *(d.result(label="ok" if i % 3 else "fault", score=i / 10) for i in range(8))]
+            msgs += [d.heartbeat(cpu=0.25, temp=41.0)]
+            pub.send(*msgs)
+            assert c.wait_idle()
+            snap = c.snapshot()
+            assert snap.accepted == 10
+            assert snap.rejected == {}
+            assert snap.labels_by_device["dev-01"] == {"fault": 3, "ok": 5}
+            got = acks.wait_for(1)
+            assert verified.wait_for(8)
+        # the key is bound and the token retired
+        assert registry.device_key("dev-01") == d.signer.public_key
+        assert registry.claim_token("dev-01") is None
+        assert stored(store) == [("dev-01", 1, s, k) for s, k in enumerate([0] + [1] * 8 + [2])]
+        # acks are signed by the collector key and end at the last stored seq
+        last = open_envelope(got[-1].payload, fleet, signer.public_key)
+        assert last.kind is Kind.ACK
+        assert (last.payload[Key.DEV], last.payload[Key.BOOT]) == ("dev-01", 1)
+        assert max(open_envelope(m.payload, fleet, signer.public_key).seq or 0 for m in acks.got) == 9
+        doc = json.loads(verified.got[0].payload)
+        assert doc["verdict"] == "ACCEPTED"
+        assert (doc["boot"], doc["seq"], len(doc["msg_id"])) == (1, 1, 64)
+        assert doc["out"]["label"] == "fault"
+        with Store(store, readonly=True) as s:
+            dev = s.devices()[0]
+            assert (dev["accepted"], dev["boot"], dev["last_seq"]) == (10, 1, 9)
+            assert dev["metrics"] == {"cpu": 0.25, "temp": 41.0}
+            assert dev["info"]["agent"] == "sim 1.0"
+    finally:
+        acks.close()
+        verified.close()
+
+
+def test_every_rejection_is_quarantined_with_its_verdict(
+    mosquitto: Broker, registry: Registry, pub: Publisher, tmp_path: Path
+) -> None:
+    fleet = unique_fleet()
+    devs = add_devices(registry, fleet, ["dev-a", "dev-b", "dev-gone", "dev-c"])
+    a, b = devs["dev-a"], devs["dev-b"]
+    registry.revoke_device("dev-gone")
+    store = tmp_path / "store.db"
+    with running(collector_config(fleet, mosquitto.host, mosquitto.port, store), registry) as c:
+        pub.send(a.birth(), a.result(), devs["dev-c"].birth())
+        assert c.wait_idle()
+        good = a.result()
+        # forged signature: one bit flipped in the signature
+        forged = bytearray(good.cose)
+        forged[-1] ^= 1
+        # wrong fleet: a correct chain signed for another fleet id
+        other = SimDevice("otherfleet", "dev-a", None, a.signer)
+        other.boot, other.seq, other.prev = a.boot, a.seq, a.prev
+        wrong_fleet = other.result()
+        wrong_fleet_on_ours = (good.topic, wrong_fleet.cose)
+        # unknown device
+        ghost = SimDevice(fleet, "dev-ghost", bytes(32))
+        # revoked device
+        gone = SimDevice(fleet, "dev-gone", bytes(32))
+        # bad claim: dev-b's birth with a claim made from a wrong token
+        b_bad = SimDevice(fleet, "dev-b", b"\x01" * 32, b.signer)
+        # topic mismatch: dev-a's result published on dev-c's topic, and on the wrong channel
+        a2 = a.result()
+        # malformed and oversize
+        big = b"\xd2" + bytes(MAX_ENVELOPE_BYTES)
+        pub.send(
+            (good.topic, bytes(forged)),
+            wrong_fleet_on_ours,
+            ghost.birth(),
+            gone.birth(),
+            b_bad.birth(),
+            (device_topic(fleet, "dev-c", Channel.RESULT, "vib"), a2.cose),
+            (device_topic(fleet, "dev-a", Channel.HEARTBEAT), a2.cose),
+            (device_topic(fleet, "dev-a", Channel.RESULT, "vib"), b"not cbor at all"),
+            (device_topic(fleet, "dev-a", Channel.RESULT, "vib"), big),
+        )
+        assert c.wait_idle()
+        snap = c.snapshot()
+    verdicts = [v for v, _ in quarantined(store)]
+    assert sorted(verdicts) == sorted(
+        [
+            "BAD_SIGNATURE",
+            "BAD_SIGNATURE",  # wrong fleet: external_aad differs
+            "UNKNOWN_DEVICE",
+            "REVOKED",
+            "CLAIM_INVALID",
+            "TOPIC_MISMATCH",  # dev-a's message on dev-c's topic
+            "TOPIC_MISMATCH",  # a result on the heartbeat channel
+            "MALFORMED",
+            "TOO_LARGE",
+        ]
+    )
+    assert snap.accepted == 3
+    assert sum(snap.rejected.values()) == 9
+    # nothing of the above is stored as accepted
+    assert stored(store) == [("dev-a", 1, 0, 0), ("dev-a", 1, 1, 1), ("dev-c", 1, 0, 0)]
+    assert registry.device_key("dev-b") is None
+
+
+def test_replay_equivocation_and_shuffled_delivery(
+    mosquitto: Broker, registry: Registry, pub: Publisher, tmp_path: Path
+) -> None:
+    fleet = unique_fleet()
+    devs = add_devices(registry, fleet, ["dev-01", "dev-02"])
+    store = tmp_path / "store.db"
+    msgs = []
+    for d in devs.values():
+        msgs.append(d.birth())
+        msgs += [d.result(label=random.choice("ab")) for _ in range(30)]
+    births = [m for m in msgs if m.kind is Kind.BIRTH]
+    rest = [m for m in msgs if m.kind is not Kind.BIRTH]
+    random.Random(7).shuffle(rest)
+    with running(collector_config(fleet, mosquitto.host, mosquitto.port, store), registry) as c:
+        pub.send(*births)
+        assert c.wait_idle()
+        pub.send(*rest)
+        pub.send(*rest[:10])  # replays: the same bytes again
+        assert c.wait_idle()
+        d1 = devs["dev-01"]
+        # equivocation: seq 5 of boot 1 signed again with another content
+        d1.seq, d1.prev = 4, next(m.msg_id for m in msgs if m.topic.endswith("dev-01/res/vib") and m.seq == 4)
+        pub.send(d1.result(label="forged"))
+        assert c.wait_idle()
+        snap = c.snapshot()
+    assert snap.accepted == 62
+    assert snap.duplicates == 10
+    assert snap.rejected == {"EQUIVOCATION": 1}
+    rows = stored(store)
+    assert len(rows) == len(set(rows)) == 62
+    assert [v for v, _ in quarantined(store)] == ["EQUIVOCATION"]
