@@ -292,3 +292,10 @@ def test_bench_reports_the_figures_the_issue_asks_for() -> None:
     assert figures["corrupt_accepted"] == 0
     assert figures["good_decoded"] == figures["good_frames"]
     assert figures["decode_vs_921600_baud"] >= 10
+
+
+def test_monitor_cuts_long_device_text() -> None:
+    from firmware_bridge.cli import MONITOR_TEXT_MAX, _human
+
+    line = _human({"type": "LOG", "seq": 1, "text": "x" * (MONITOR_TEXT_MAX + 500)})
+    assert line == "LOG seq=1 text=" + "x" * MONITOR_TEXT_MAX + "\N{HORIZONTAL ELLIPSIS}"

@@ -19,9 +19,11 @@ from firmware_bridge.frames import (
     encode_sample,
 )
 from firmware_bridge.link import (
+    MAX_BAUD,
     MAX_EVENTS,
     PING_RETRY_S,
     PING_TRIES,
+    READ_CHUNK,
     REOPEN_BACKOFF_MIN_S,
     EventKind,
     SensorLink,
@@ -378,6 +380,8 @@ def test_misuse_is_refused(clock: FakeClock, opener: Opener) -> None:
     with pytest.raises(ConfigError):
         SensorLink("x", baud=0)
     with pytest.raises(ConfigError):
+        SensorLink("x", baud=MAX_BAUD + 1)
+    with pytest.raises(ConfigError):
         SensorLink("x", reopen_backoff_max_s=0.0)
     with pytest.raises(ConfigError):
         SensorLink("")
@@ -412,3 +416,13 @@ def test_missing_device_gets_a_hint() -> None:
     assert info.value.hint is not None
     assert "plugged in" in info.value.hint
     assert info.value.port == "/dev/ttyDOES_NOT_EXIST"
+
+
+def test_one_read_takes_at_most_read_chunk_bytes(clock: FakeClock, opener: Opener) -> None:
+    link = make_link(clock, opener)
+    link.open()
+    burst = b"".join(sample_wire(i % 256, i) for i in range(1000))
+    assert len(burst) > 2 * READ_CHUNK
+    opener.port.incoming += burst
+    link.read_samples(0.01)
+    assert link.stats()["bytes"] == 1 + READ_CHUNK

@@ -257,5 +257,35 @@ def test_fault_limits(kwargs: dict[str, float]) -> None:
         FaultConfig(**kwargs)
 
 
-def test_tx_queue_bound_is_a_named_constant() -> None:
-    assert TX_QUEUE_MAX == 16 * 1024
+@pytest.mark.integration
+def test_a_reader_that_stalls_costs_whole_frames_not_memory(sim_factory: list[Simulator]) -> None:
+    """Time runs 100x fast: the catch-up cap skips samples, the full queue drops whole frames."""
+    sim = Simulator(hz=1000, seed=9, clock=lambda: time.monotonic() * 100)
+    sim_factory.append(sim)
+    fd = open_reader(sim.start())  # opened, never read: the pty fills up
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            stats = sim.stats()
+            if stats["tx_overflow"] and stats["skipped"]:
+                break
+            time.sleep(0.05)
+        assert stats["skipped"] > 0  # MAX_CATCH_UP_S
+        assert stats["tx_overflow"] > 0  # TX_QUEUE_MAX
+        assert len(sim._tx) <= TX_QUEUE_MAX  # bounded, whatever the reader does
+        os.set_blocking(fd, False)
+        data = read_until(fd, lambda b: len(b) > 200_000, timeout_s=5)
+    finally:
+        os.close(fd)
+    seqs = [f[1] for f in frames_of(data) if f[0] == SAMPLE]
+    gaps = sum((b - a - 1) % 256 for a, b in itertools.pairwise(seqs))
+    assert gaps > 0  # the dropped frames show as lost seq
+    assert all(struct.unpack_from("<I", f[2])[0] % 1000 == 0 for f in frames_of(data) if f[0] == SAMPLE)
+
+
+def test_fault_duration_limit() -> None:
+    from firmware_bridge.faults import MAX_DISCONNECT_S
+
+    assert FaultConfig(disconnect_for_s=MAX_DISCONNECT_S).disconnect_for_s == MAX_DISCONNECT_S
+    with pytest.raises(ConfigError):
+        FaultConfig(disconnect_for_s=MAX_DISCONNECT_S + 1)
