@@ -573,6 +573,9 @@ class Store:
     def quarantine_counts(self) -> dict[str, int]:
         return dict(self._query("SELECT verdict, COUNT(*) FROM quarantine GROUP BY verdict"))
 
+    def quarantine_by_device(self) -> dict[str, int]:
+        return dict(self._query("SELECT dev, COUNT(*) FROM quarantine WHERE dev IS NOT NULL GROUP BY dev"))
+
     def quarantine(self, limit: int = 100) -> list[dict[str, Any]]:
         rows = self._query(
             "SELECT id, t_received, topic, dev, verdict, reason, cose FROM quarantine"
@@ -617,3 +620,11 @@ class Store:
                 yield from chunk
         finally:
             cur.close()
+
+
+DEFAULT_STORE_NAME = "store.db"
+
+
+def default_store_path(home_root: Path) -> Path:
+    """``<fleet home>/store.db``: where ``fleet collect`` writes and status/stats/export read."""
+    return Path(home_root) / DEFAULT_STORE_NAME

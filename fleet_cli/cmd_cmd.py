@@ -1,0 +1,191 @@
+"""``fleet cmd DEVICE NAME [k=v ...]``: send a signed command (kind 6, operator key) and print the
+device's signed reply (kind 4, verified with the device's bound key; DESIGN §2, §3).
+
+The command carries a random 16-byte id and an absolute expiry (``exp``, ms since the epoch) of
+now + ``--wait``: a device refuses it afterwards, and ids it has seen (replay cache). Exit 0 when the
+reply says ``ok``, 1 on a refusal or when no valid reply arrives in time.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import queue
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import typer
+
+from edge_protocol.envelope import EnvelopeError, Opened, open_envelope, seal
+from edge_protocol.errors import InvalidId
+from edge_protocol.ids import validate_id
+from edge_protocol.keys import Signer, read_private_key
+from edge_protocol.payload import Key, Kind
+from edge_protocol.topics import Channel, device_topic
+from fleet_cli.collector import jsonable
+from fleet_cli.errors import FleetError, UsageError
+from fleet_cli.home import FleetHome
+from fleet_cli.init_cmd import HomeOption
+from fleet_cli.mqtt import Link, MqttSettings, Protocol, Received, settings_from_home
+from fleet_cli.registry import Registry
+
+COMMAND_ID_LEN = 16  # DESIGN §2 key 20: bstr16
+# Default time to wait for the reply; also the command's expiry.
+DEFAULT_WAIT_S = 10.0
+# More argument pairs than this is a typo, not a command.
+MAX_ARGS = 32
+
+
+class CommandName(str, enum.Enum):
+    PING = "ping"
+    STATUS = "status"
+    RELOAD = "reload"
+    PAUSE = "pause"
+    RESUME = "resume"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def parse_args(pairs: list[str]) -> dict[str, Any]:
+    """``["rate=5", "pipe=vib", "dry=true"]`` -> ``{"rate": 5, "pipe": "vib", "dry": True}``."""
+    if len(pairs) > MAX_ARGS:
+        raise UsageError(f"at most {MAX_ARGS} arguments")
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        k, sep, v = pair.partition("=")
+        if not sep or not k or len(k.encode()) > 63:
+            raise UsageError(f"argument {pair!r} is not KEY=VALUE (key at most 63 bytes)")
+        value: Any = v
+        if v in ("true", "false"):
+            value = v == "true"
+        else:
+            for conv in (int, float):
+                try:
+                    value = conv(v)
+                    break
+                except ValueError:
+                    continue
+        out[k] = value
+    return out
+
+
+@dataclass(frozen=True)
+class Reply:
+    dev: str
+    ok: bool
+    reply: dict[str, Any]
+    msg_id: str
+    boot: int | None
+    seq: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dev": self.dev, "ok": self.ok, "reply": jsonable(self.reply), "msg_id": self.msg_id,
+                "boot": self.boot, "seq": self.seq}  # fmt: skip
+
+
+def send_command(
+    settings: MqttSettings,
+    fleet: str,
+    dev: str,
+    name: str,
+    args: dict[str, Any],
+    *,
+    operator: Signer,
+    device_key: bytes,
+    wait_s: float = DEFAULT_WAIT_S,
+) -> Reply:
+    """Publish the sealed command and wait for the matching, verified reply (raises FleetError)."""
+    cmd_id = secrets.token_bytes(COMMAND_ID_LEN)
+    now_ms = time.time_ns() // 1_000_000
+    payload: dict[int, Any] = {
+        Key.V: 1,
+        Key.DEV: dev,
+        Key.T: now_ms,
+        Key.KIND: int(Kind.COMMAND),
+        Key.CMD: name,
+        Key.ARGS: args,
+        Key.ID: cmd_id,
+        Key.EXP: now_ms + int(wait_s * 1000),
+    }
+    sealed = seal(payload, operator, fleet)
+    q: queue.Queue[Received] = queue.Queue()
+    link = Link(settings, subscriptions=[device_topic(fleet, dev, Channel.REPLY)], on_message=q.put).connect()
+    try:
+        link.publish_wait(device_topic(fleet, dev, Channel.CMD), sealed.cose, qos=1)
+        deadline = time.monotonic() + wait_s
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                m = q.get(timeout=left)
+            except queue.Empty:
+                break
+            try:
+                opened: Opened = open_envelope(m.payload, fleet, device_key)
+            except EnvelopeError:
+                continue  # not from the device: ignore, keep waiting
+            p = opened.payload
+            if opened.kind is not Kind.REPLY or p.get(Key.ID) != cmd_id or opened.dev != dev:
+                continue
+            body = p[Key.REPLY]
+            return Reply(
+                dev, body.get("ok") is True, dict(body), opened.msg_id.hex(), opened.boot, opened.seq
+            )
+    finally:
+        link.close()
+    raise FleetError(
+        f"no signed reply from {dev} to {name!r} within {wait_s:g} s",
+        hint="is the device online? (`fleet status`); try a longer --wait",
+    )
+
+
+def cmd(
+    device: Annotated[str, typer.Argument(help="Device id.")],
+    name: Annotated[CommandName, typer.Argument(help="Command.")],
+    args: Annotated[list[str] | None, typer.Argument(help="Arguments KEY=VALUE.")] = None,
+    *,
+    home: HomeOption = None,
+    wait: Annotated[float, typer.Option("--wait", help="Seconds to wait for the reply.")] = DEFAULT_WAIT_S,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the reply as JSON.")] = False,
+    user: Annotated[str | None, typer.Option("--user", help="Broker user (role operator).")] = None,
+    password: Annotated[str | None, typer.Option("--password", envvar="EDGESEAL_MQTT_PASSWORD")] = None,
+    host: Annotated[str | None, typer.Option("--host", help="Broker host.")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Broker port.")] = None,
+    protocol: Annotated[Protocol, typer.Option("--protocol", help="MQTT version.")] = Protocol.AUTO,
+) -> None:
+    """Send a signed command to a device and print its signed reply (exit 1 on refusal or timeout)."""
+    try:
+        validate_id(device, "device id")
+    except InvalidId as e:
+        raise UsageError(str(e), hint=e.hint) from None
+    if not 0 < wait <= 3600:
+        raise UsageError("--wait is between 0 and 3600 seconds")
+    arg_map = parse_args(args or [])
+    fleet_home = FleetHome.load(home)
+    with Registry(fleet_home.registry_db) as reg:
+        key = reg.device_key(device)
+        if key is None:
+            reg.get_device(device)  # NotFoundError names the problem
+            raise FleetError(f"device {device} has no key bound yet", hint="it enrols with its first birth")
+    operator = read_private_key(fleet_home.operator_key)
+    settings = settings_from_home(
+        fleet_home, user or fleet_home.config.operator_user, host=host, port=port, password=password,
+        protocol=protocol,
+    )  # fmt: skip
+    reply = send_command(
+        settings,
+        fleet_home.fleet,
+        device,
+        name.value,
+        arg_map,
+        operator=operator,
+        device_key=key,
+        wait_s=wait,
+    )
+    if as_json:
+        typer.echo(json.dumps(reply.to_json()))
+    else:
+        typer.echo(f"{device}: {'ok' if reply.ok else 'refused'}  {json.dumps(jsonable(reply.reply))}")
+    if not reply.ok:
+        raise typer.Exit(1)
