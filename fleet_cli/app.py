@@ -16,7 +16,19 @@ import typer
 
 from broker_config.errors import BrokerError
 from edge_protocol.errors import ProtocolError
-from fleet_cli import broker_cmd, device_cmd, init_cmd, inspect_cmd, user_cmd
+from fleet_cli import (
+    broker_cmd,
+    cmd_cmd,
+    collect_cmd,
+    device_cmd,
+    export_cmd,
+    init_cmd,
+    inspect_cmd,
+    stats_cmd,
+    status_cmd,
+    user_cmd,
+    watch_cmd,
+)
 from fleet_cli.errors import FleetError
 
 app = typer.Typer(
@@ -28,6 +40,12 @@ app = typer.Typer(
 )
 app.command("inspect")(inspect_cmd.inspect)
 app.command("init")(init_cmd.init)
+app.command("collect")(collect_cmd.collect)
+app.command("watch")(watch_cmd.watch)
+app.command("status")(status_cmd.status)
+app.command("stats")(stats_cmd.stats)
+app.command("export")(export_cmd.export)
+app.command("cmd")(cmd_cmd.cmd)
 app.add_typer(device_cmd.app, name="device")
 app.add_typer(user_cmd.app, name="user")
 app.add_typer(broker_cmd.app, name="broker")
