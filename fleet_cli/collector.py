@@ -733,6 +733,7 @@ class Collector:
             self._flush(batch, mids)
         self._send_acks(force=True)
         self._publish_aggregates()
+        self._log_progress()
 
     def _take(self, m: Received, t_rx: int, now: float, batch: Batch) -> None:
         assert self._intake is not None

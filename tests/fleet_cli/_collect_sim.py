@@ -189,3 +189,42 @@ def running(config: CollectorConfig, registry: Registry, signer: Signer | None =
         yield c
     finally:
         c.stop()
+
+
+@dataclass(frozen=True)
+class Populated:
+    home: Any  # FleetHome
+    devices: dict[str, SimDevice]
+    store: Path
+
+
+def populated_home(tmp: Path, broker_host: str, broker_port: int, n_results: int = 12) -> Populated:
+    """A fleet home whose store holds two devices' births, results and a heartbeat (via a real collector)."""
+    from fleet_cli.home import init_fleet
+    from fleet_cli.store import default_store_path
+
+    fleet = unique_fleet("h")
+    home = init_fleet(tmp / "home", fleet)
+    store = default_store_path(home.root)
+    with Registry(home.registry_db) as reg:
+        devs = add_devices(reg, fleet, ["dev-01", "dev-02"])
+        pub = Publisher(broker_host, broker_port)
+        try:
+            with running(collector_config(fleet, broker_host, broker_port, store), reg) as c:
+                msgs = []
+                for i, d in enumerate(devs.values()):
+                    msgs.append(d.birth(info={"agent": f"sim {i}.0"}))
+                    msgs += [
+                        d.result(label="ok" if k % 4 else "fault", score=k / n_results)
+                        for k in range(n_results)
+                    ]
+                    msgs.append(d.heartbeat(cpu=0.5))
+                pub.send(*msgs)
+                pub.send(
+                    (device_topic(fleet, "dev-01", Channel.STATE), b'{"state":"online","boot":1,"t":1}'),
+                    (device_topic(fleet, "dev-02", Channel.STATE), b'{"state":"offline","boot":1,"t":1}'),
+                )
+                assert c.wait_idle()
+        finally:
+            pub.close()
+    return Populated(home, devs, store)
