@@ -193,3 +193,23 @@ def test_replay_equivocation_and_shuffled_delivery(
     rows = stored(store)
     assert len(rows) == len(set(rows)) == 62
     assert [v for v, _ in quarantined(store)] == ["EQUIVOCATION"]
+
+
+def test_prometheus_metrics(mosquitto: Broker, registry: Registry, pub: Publisher, tmp_path: Path) -> None:
+    import urllib.request
+
+    from broker_config.runner import free_port
+
+    fleet = unique_fleet()
+    d = add_devices(registry, fleet, ["dev-01"])["dev-01"]
+    port = free_port()
+    cfg = collector_config(fleet, mosquitto.host, mosquitto.port, tmp_path / "s.db", metrics_port=port)
+    with running(cfg, registry) as c:
+        pub.send(d.birth(), d.result(), (d.result().topic, b"junk"))
+        assert c.wait_idle()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    assert 'edgeseal_collector_messages_total{verdict="ACCEPTED"} 2.0' in text
+    assert 'edgeseal_collector_messages_total{verdict="MALFORMED"} 1.0' in text
+    assert "edgeseal_collector_quarantine_size 1.0" in text
+    assert "edgeseal_collector_batch_seconds_count" in text
