@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     n_val = max(3, int(len(x) * VALIDATION_FRACTION))
     x_train, y_train, x_val, y_val = x[n_val:], y[n_val:], x[:n_val], y[:n_val]
     # Per-axis offsets (gravity is on az) but one scale for all axes: az varies least, and dividing it
-    # by its own small spread would magnify the int8 input rounding on that axis ~10x.
+    # by its own small spread would magnify the int8 input rounding on that axis several times.
     flat = x_train.reshape(-1, x.shape[-1])
     mean = flat.mean(axis=0)
     std = np.full_like(mean, float(np.sqrt(((flat - mean) ** 2).mean())))
