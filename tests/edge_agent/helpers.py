@@ -103,11 +103,12 @@ def config_text(
     source_port: str = "/dev/null",
     protocol: str = "frames",
     heartbeat: float = 0,
+    fleet: str = FLEET,
 ) -> str:
     return f"""
 [device]
 id = "{DEV}"
-fleet = "{FLEET}"
+fleet = "{fleet}"
 state_dir = "{state_dir}"
 
 [mqtt]
@@ -138,7 +139,7 @@ postprocess = {{ kind = "classify", labels = ["normal", "imbalance", "bearing"],
 """
 
 
-def ack_cose(boot: int, seq: int, dev: str = DEV, signer: Signer = COLLECTOR) -> bytes:
+def ack_cose(boot: int, seq: int, dev: str = DEV, signer: Signer = COLLECTOR, fleet: str = FLEET) -> bytes:
     payload = {
         Key.V: 1,
         Key.DEV: dev,
@@ -147,7 +148,7 @@ def ack_cose(boot: int, seq: int, dev: str = DEV, signer: Signer = COLLECTOR) ->
         Key.T: int(time.time() * 1000),
         Key.KIND: int(Kind.ACK),
     }
-    return seal(payload, signer, FLEET).cose
+    return seal(payload, signer, fleet).cose
 
 
 def command_cose(
@@ -158,6 +159,7 @@ def command_cose(
     exp_ms: int | None = None,
     dev: str = DEV,
     signer: Signer = OPERATOR,
+    fleet: str = FLEET,
 ) -> bytes:
     now = int(time.time() * 1000)
     payload: dict[int, object] = {
@@ -171,18 +173,21 @@ def command_cose(
     }
     if args is not None:
         payload[Key.ARGS] = args
-    return seal(payload, signer, FLEET).cose
+    return seal(payload, signer, fleet).cose
 
 
 class Collector:
     """The test's collector: subscribes to one device, verifies everything, acks contiguous seqs."""
 
-    def __init__(self, host: str, port: int, device_key: bytes | None = None, *, ack: bool = True) -> None:
+    def __init__(
+        self, host: str, port: int, device_key: bytes | None = None, *, ack: bool = True, fleet: str = FLEET
+    ) -> None:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
         self.device_key = device_key
         self.ack = ack
+        self.fleet = fleet
         self.messages: dict[tuple[int, int], Opened] = {}
         self.by_id: dict[bytes, Opened] = {}
         self.duplicates = 0
@@ -190,13 +195,18 @@ class Collector:
         self.births_retained: list[bytes] = []
         self.errors: list[str] = []
         self.gaps: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         self.cond = threading.Condition(self.lock)
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-collector-{id(self)}")
         self._client.on_message = self._on_message
-        self._client.on_connect = lambda c, *_: c.subscribe(f"edgeseal/v1/{FLEET}/{DEV}/#", qos=1)
+        self._client.on_connect = lambda c, *_: c.subscribe(f"edgeseal/v1/{fleet}/{DEV}/#", qos=1)
+        self.ready = threading.Event()
+        self._client.on_subscribe = lambda *_a: self.ready.set()
         self._client.connect(host, port, 30)
         self._client.loop_start()
+        if not self.ready.wait(5):
+            self.close()
+            raise RuntimeError("test collector could not subscribe")
 
     def close(self) -> None:
         self._client.loop_stop()
@@ -206,7 +216,7 @@ class Collector:
         self._client.publish(topic, payload, qos=1, retain=retain)
 
     def send_command(self, cose: bytes) -> None:
-        self.publish(device_topic(FLEET, DEV, Channel.CMD), cose)
+        self.publish(device_topic(self.fleet, DEV, Channel.CMD), cose)
 
     def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
         topic = str(msg.topic)
@@ -224,7 +234,7 @@ class Collector:
                 opened = decode_unverified(bytes(msg.payload))
                 if opened.kind is Kind.BIRTH:
                     self.device_key = bytes(opened.payload[Key.KEY])
-            opened = open_envelope(bytes(msg.payload), FLEET, self.device_key)
+            opened = open_envelope(bytes(msg.payload), self.fleet, self.device_key)
         except Exception as e:  # recorded, the test asserts none
             self.errors.append(f"{topic}: {e}")
             return
@@ -257,7 +267,7 @@ class Collector:
         with self.lock:
             s = self.contiguous(boot)
         if s >= 0:
-            self.publish(device_topic(FLEET, DEV, Channel.ACK), ack_cose(boot, s))
+            self.publish(device_topic(self.fleet, DEV, Channel.ACK), ack_cose(boot, s, fleet=self.fleet))
 
     def wait_for(self, predicate: Any, timeout: float = 10.0) -> bool:
         deadline = time.monotonic() + timeout
@@ -266,9 +276,18 @@ class Collector:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                self.cond.wait(left)
+                self.cond.wait(min(left, 0.05))  # also polls predicates on agent state
         return True
 
     def of_kind(self, kind: Kind) -> list[Opened]:
         with self.lock:
             return [m for k, m in sorted(self.messages.items()) if m.kind is kind]
+
+
+_fleet_counter = [0]
+
+
+def unique_fleet() -> str:
+    """A fleet id of its own per test: retained births and states of other tests stay out of view."""
+    _fleet_counter[0] += 1
+    return f"t{int(time.time() * 1000) % 10**9}-{_fleet_counter[0]}"

@@ -15,7 +15,9 @@ def now() -> int:
 
 def test_good_command() -> None:
     c = check_command(command_cose("pause", b"1" * 16, args={"pipe": "vib"}), FLEET, DEV, OP, now())
-    assert c.command is not None and c.command.name == "pause" and c.command.args == {"pipe": "vib"}
+    assert c.command is not None
+    assert c.command.name == "pause"
+    assert c.command.args == {"pipe": "vib"}
 
 
 def test_refusals() -> None:
@@ -36,4 +38,5 @@ def test_refusals() -> None:
         check_command(command_cose("ping", b"1" * 16), "other-fleet", DEV, OP, t).refusal
         is Refusal.BAD_ENVELOPE
     )
-    assert Refusal.EXPIRED.replies and not Refusal.BAD_ENVELOPE.replies
+    assert Refusal.EXPIRED.replies
+    assert not Refusal.BAD_ENVELOPE.replies

@@ -39,7 +39,8 @@ def test_full_example_parses(tmp_path: Path, model: Path) -> None:
     assert p.model == model
     assert p.postprocess.kind is PostKind.CLASSIFY
     assert p.postprocess.labels == ("normal", "imbalance", "bearing")
-    assert p.window == 8 and p.hop == 4
+    assert p.window == 8
+    assert p.hop == 4
     assert cfg.mqtt.client_id == "dev-01"
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -35,11 +36,12 @@ def test_chain_within_and_across_boots(tmp_path: Path) -> None:
     opened = [open_envelope(e.cose, FLEET, SIGNER.public_key) for e in entries]
     assert [o.seq for o in opened] == [0, 1, 2, 3, 4]
     assert opened[0].prev == ZERO_ID
-    for a, b in zip(opened, opened[1:], strict=False):
+    for a, b in itertools.pairwise(opened):
         assert b.prev == a.msg_id
     box.close()
     box = open_box(db, 2)
-    assert box.stored_head is not None and box.stored_head.msg_id == opened[-1].msg_id
+    assert box.stored_head is not None
+    assert box.stored_head.msg_id == opened[-1].msg_id
     (first,) = box.seal_many([hb(9)])
     o = open_envelope(first.cose, FLEET, SIGNER.public_key)
     assert (o.boot, o.seq, o.prev) == (2, 0, opened[-1].msg_id)
@@ -60,7 +62,8 @@ def test_unsealable_draft_writes_nothing(tmp_path: Path) -> None:
     bad = Draft(Kind.HEARTBEAT, {Key.METRICS: {"x": float("nan")}}, TOPIC)
     with pytest.raises(EnvelopeError):
         box.seal_many([hb(0), bad])
-    assert box.depth == 0 and box.next_seq == 0
+    assert box.depth == 0
+    assert box.next_seq == 0
     (e,) = box.seal_many([hb(1)])
     assert e.seq == 0
 
@@ -119,7 +122,9 @@ def test_overflow_gap_record_and_floor(tmp_path: Path) -> None:
         entries += box.seal_many([hb(len(entries), 500)])
     gap_entry = next(e for e in entries if e.kind is Kind.GAP)
     g = open_envelope(gap_entry.cose, FLEET, SIGNER.public_key).payload[Key.GAP]
-    assert g["boot"] == 1 and g["from"] == 0 and g["why"] == "outbox full"
+    assert g["boot"] == 1
+    assert g["from"] == 0
+    assert g["why"] == "outbox full"
     assert g["n"] == g["to"] - g["from"] + 1 == box.dropped
     assert box.drop_floor == (1, g["to"])
     assert box.size_bytes <= MIN_OUTBOX_BYTES

@@ -41,7 +41,9 @@ def test_channel_selection_and_scaling() -> None:
 def test_bad_samples_are_skipped_and_counted() -> None:
     w = Windower(size=2, hop=1, n_channels=3)
     out = w.push([Sample(0, (1.0, 2.0), b"x"), Sample(1, (float("nan"), 0.0, 0.0), b"y")])
-    assert out == [] and w.skipped == 2 and w.buffered == 0
+    assert out == []
+    assert w.skipped == 2
+    assert w.buffered == 0
 
 
 def test_reset_and_layout_change_drop_partial_window() -> None:
