@@ -20,6 +20,7 @@ from fleet_cli import (
     broker_cmd,
     cmd_cmd,
     collect_cmd,
+    demo_cmd,
     device_cmd,
     export_cmd,
     init_cmd,
@@ -46,6 +47,7 @@ app.command("status")(status_cmd.status)
 app.command("stats")(stats_cmd.stats)
 app.command("export")(export_cmd.export)
 app.command("cmd")(cmd_cmd.cmd)
+app.command("demo")(demo_cmd.demo)
 app.add_typer(device_cmd.app, name="device")
 app.add_typer(user_cmd.app, name="user")
 app.add_typer(broker_cmd.app, name="broker")

@@ -1,0 +1,507 @@
+"""``fleet demo``: a whole fleet on one machine, built from the real parts.
+
+A private broker (Mosquitto with the rendered hardened config when it is installed, else the embedded
+amqtt broker), N virtual microcontrollers on pseudo-terminals with scheduled faults, N ``edge-agent``
+processes running the shipped TFLite model, one in-process collector verifying and storing, and an
+attacker who injects a tampered result, a result signed by a stranger's key and a replay. Nothing is
+mocked: the agents are the same processes a Raspberry Pi runs, talking over real ptys and real MQTT.
+
+Everything lives in a temporary directory that is removed afterwards (``keep=True`` keeps it), and
+every process and thread started here is stopped in :meth:`Demo.close`, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from broker_config.passwd import hash_password
+from broker_config.runner import MosquittoProcess, free_port, mosquitto_binary
+from edge_protocol.envelope import EnvelopeError, decode_unverified, seal
+from edge_protocol.keys import Signer, read_private_key
+from edge_protocol.topics import Channel, device_topic, fleet_device_filter
+from fleet_cli.errors import FleetError, UsageError
+
+log = logging.getLogger(__name__)
+
+FLEET = "demo"
+PIPE = "vib"
+LABELS = ("normal", "imbalance", "bearing")
+# The shipped model was trained at 400 Hz with 128-sample windows (docs/model.md).
+SAMPLE_HZ = 400.0
+WINDOW = 128
+HOP = 64
+MAX_DEVICES = 20  # each device is a simulator thread plus an agent process: 2 cores go no further
+MIN_DURATION_S = 5.0
+MAX_DURATION_S = 24 * 3600.0
+AGENT_STOP_TIMEOUT_S = 6.0  # agents exit within 5 s of SIGTERM (docs/agent.md)
+ATTACKER = "mallory"
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    devices: int = 3
+    duration_s: float = 30.0
+    broker: str = "auto"  # auto | mosquitto | embedded
+    seed: int = 1
+    attack: bool = True
+    keep: bool = False
+    workdir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.devices <= MAX_DEVICES:
+            raise UsageError(f"--devices must be between 1 and {MAX_DEVICES}, not {self.devices}")
+        if not MIN_DURATION_S <= self.duration_s <= MAX_DURATION_S:
+            raise UsageError(f"--duration must be between {MIN_DURATION_S:g} and {MAX_DURATION_S:g} seconds")
+        if self.broker not in ("auto", "mosquitto", "embedded"):
+            raise UsageError(f"--broker must be auto, mosquitto or embedded, not {self.broker!r}")
+
+
+@dataclass
+class AttackRecord:
+    at_s: float
+    what: str
+    device: str
+    expected: str
+    data: bytes = b""
+    duplicates_before: int = 0
+
+
+@dataclass
+class DeviceScript:
+    """What happens to one virtual machine during the demo (conditions and line faults)."""
+
+    name: str
+    schedule: tuple[tuple[float, str], ...]
+    faults: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+
+def device_scripts(n: int, duration_s: float) -> list[DeviceScript]:
+    """A varied, repeatable scenario: healthy machines, one that goes out of balance, one with a
+    bearing fault, one with a noisy line, one that gets unplugged."""
+    d = duration_s
+    plans = [
+        DeviceScript("dev-01", ((0.0, "normal"),), note="healthy"),
+        DeviceScript("dev-02", ((0.0, "normal"), (0.35 * d, "imbalance")), note="goes out of balance"),
+        DeviceScript(
+            "dev-03", ((0.0, "bearing"),), {"ber": 1e-4}, note="bearing fault, noisy line (BER 1e-4)"
+        ),
+        DeviceScript(
+            "dev-04",
+            ((0.0, "normal"), (0.5 * d, "bearing")),
+            {"disconnect_every_s": max(d / 3, 4.0), "disconnect_for_s": 1.5},
+            note="unplugged now and then, then a bearing fault",
+        ),
+        DeviceScript(
+            "dev-05", ((0.0, "imbalance"),), {"garbage_every_s": 2.0}, note="imbalance, garbage bursts"
+        ),
+    ]
+    out = []
+    for i in range(n):
+        base = plans[i % len(plans)]
+        name = f"dev-{i + 1:02d}"
+        out.append(DeviceScript(name, base.schedule, dict(base.faults), base.note))
+    return out
+
+
+def _models_dir() -> Path:
+    """The shipped models, found without importing edge_agent (fleet_cli must not import it)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("edge_agent")
+    if spec is None or not spec.submodule_search_locations:
+        raise FleetError("the edge_agent package is not installed", hint="pip install 'edgeseal[agent]'")
+    return Path(next(iter(spec.submodule_search_locations))) / "models"
+
+
+def _agent_command() -> list[str]:
+    found = shutil.which("edge-agent", path=str(Path(sys.executable).parent)) or shutil.which("edge-agent")
+    return [found] if found else [sys.executable, "-m", "edge_agent.cli"]
+
+
+def _agent_config(
+    script: DeviceScript,
+    *,
+    state_dir: Path,
+    port_link: Path,
+    model: Path,
+    mqtt: dict[str, Any],
+    operator_key: str,
+    collector_key: str,
+    claim_file: Path,
+) -> str:
+    lines = [
+        "# generated by `fleet demo`",
+        "[device]",
+        f'id = "{script.name}"',
+        f'fleet = "{FLEET}"',
+        f'state_dir = "{state_dir}"',
+        "",
+        "[mqtt]",
+        f'host = "{mqtt["host"]}"',
+        f"port = {mqtt['port']}",
+        f'protocol = "{mqtt["protocol"]}"',
+        "resend_after_s = 5.0",
+        "backoff_min_s = 0.2",
+        "backoff_max_s = 3.0",
+    ]
+    if mqtt.get("tls_ca"):
+        lines.append(f'tls_ca = "{mqtt["tls_ca"]}"')
+    if mqtt.get("username"):
+        lines += [f'username = "{mqtt["username"]}"', f'password_file = "{mqtt["password_file"]}"']
+    lines += [
+        "",
+        "[enrol]",
+        f'claim_token_file = "{claim_file}"',
+        "",
+        "[trust]",
+        f'operator_key = "{operator_key}"',
+        f'collector_keys = ["{collector_key}"]',
+        'delivery = "fleet-ack"',
+        "",
+        "[heartbeat]",
+        "interval_s = 5.0",
+        "",
+        "[[pipeline]]",
+        f'name = "{PIPE}"',
+        f'model = "{model}"',
+        f'source = {{ port = "{port_link}", baud = 921600, protocol = "frames" }}',
+        'channels = ["ax", "ay", "az"]',
+        f"window = {WINDOW}",
+        f"hop = {HOP}",
+        f'postprocess = {{ kind = "classify", labels = [{", ".join(json.dumps(x) for x in LABELS)}] }}',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+class Demo:
+    """Sets up, runs and tears down the whole demo. Use as a context manager."""
+
+    def __init__(self, options: DemoOptions, on_event: Callable[[str], None] | None = None) -> None:
+        self.options = options
+        self.on_event = on_event or (lambda text: None)
+        self.workdir = (
+            Path(options.workdir) if options.workdir else Path(tempfile.mkdtemp(prefix="edgeseal-demo-"))
+        )
+        self.scripts = device_scripts(options.devices, options.duration_s)
+        self.broker_kind = ""
+        self.mqtt: dict[str, Any] = {}
+        self.attacks: list[AttackRecord] = []
+        self.started_at = 0.0
+        self._mosquitto: MosquittoProcess | None = None
+        self._embedded: Any = None
+        self._simulators: list[Any] = []
+        self._agents: dict[str, subprocess.Popen[bytes]] = {}
+        self._agent_logs: list[Any] = []
+        self.collector: Any = None
+        self._registry: Any = None
+        self._attacker_password = secrets.token_urlsafe(24)
+        self._captured: dict[str, bytes] = {}
+        self._capture_client: Any = None
+        self._lock = threading.Lock()
+
+    # -- set-up ---------------------------------------------------------------------------
+    def _event(self, text: str) -> None:
+        log.info("%s", text)
+        self.on_event(text)
+
+    def _choose_broker(self) -> str:
+        if self.options.broker != "auto":
+            if self.options.broker == "mosquitto":
+                mosquitto_binary()  # raises with the install hint
+            return self.options.broker
+        try:
+            mosquitto_binary()
+        except Exception:
+            return "embedded"
+        return "mosquitto"
+
+    def setup(self) -> None:
+        from fleet_cli.home import init_fleet
+        from fleet_cli.registry import Registry
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:  # Mosquitto drops to its own user: it must reach the broker directory
+            self.workdir.chmod(0o755)
+        self.broker_kind = self._choose_broker()
+        tls_port, plain_port = free_port(), free_port()
+        self.home = init_fleet(
+            self.workdir / "fleet", FLEET, broker_host="localhost", tls_port=tls_port, plain_port=plain_port,
+            broker_dir=str(self.workdir / "broker"),
+        )  # fmt: skip
+        self._registry = Registry(self.home.registry_db)
+        for s in self.scripts:
+            self._registry.add_device(s.name, {"demo": "true"})
+        self._event(f"fleet '{FLEET}' created in {self.workdir} with {len(self.scripts)} devices")
+
+        if self.broker_kind == "mosquitto":
+            self._start_mosquitto(tls_port)
+        else:
+            from fleet_cli.embedded_broker import EmbeddedBroker
+
+            self._embedded = EmbeddedBroker().start()
+            self.mqtt = {"host": "127.0.0.1", "port": self._embedded.port, "protocol": "3.1.1"}
+            self._event(f"embedded amqtt broker (MQTT 3.1.1) on 127.0.0.1:{self._embedded.port}")
+
+        self._start_simulators()
+        self._start_collector()
+        self._start_agents()
+        self._start_capture()
+        self.started_at = time.monotonic()
+
+    def _start_mosquitto(self, tls_port: int) -> None:
+        from fleet_cli.broker_cmd import render_broker
+
+        rendered = render_broker(self.home)
+        paths = self.home.broker_settings().paths
+        # The demo's attacker: a compromised broker account allowed to write every device's topics,
+        # which is exactly the threat device signatures exist for (docs/reliability.md).
+        with paths.acl.open("a") as f:
+            f.write(
+                f"\n# demo only: a compromised broker account\nuser {ATTACKER}\n"
+                f"topic write edgeseal/v1/{FLEET}/+/res/+\n"
+            )
+        with paths.passwd.open("a") as f:
+            f.write(f"{ATTACKER}:{hash_password(self._attacker_password)}\n")
+        del rendered
+        self._mosquitto = MosquittoProcess(paths.conf, tls_port, log=self.workdir / "mosquitto.log").start()
+        self.mqtt = {
+            "host": "localhost",
+            "port": tls_port,
+            "protocol": "auto",
+            "tls_ca": str(self.home.ca_cert),
+        }
+        self._event(f"Mosquitto with the rendered hardened config (TLS, ACL per device) on port {tls_port}")
+
+    def _start_simulators(self) -> None:
+        from firmware_bridge.faults import FaultConfig
+        from firmware_bridge.simulator import Simulator
+
+        for i, s in enumerate(self.scripts):
+            sim = Simulator(
+                profile="vibration",
+                hz=SAMPLE_HZ,
+                protocol="frames",
+                link=self.workdir / f"tty-{s.name}",
+                seed=self.options.seed * 1000 + i,
+                faults=FaultConfig(**s.faults),
+                schedule=s.schedule,
+            )
+            sim.start()
+            self._simulators.append(sim)
+        self._event(
+            f"{len(self._simulators)} virtual microcontrollers streaming a 3-axis IMU at {SAMPLE_HZ:g} Hz"
+        )
+
+    def _device_mqtt(self, name: str) -> dict[str, Any]:
+        mqtt = dict(self.mqtt)
+        if self.broker_kind == "mosquitto":
+            creds = self._registry.device_credentials(name)
+            pw = self.workdir / "agents" / name / "mqtt.pass"
+            pw.write_text(creds.password + "\n")
+            pw.chmod(0o600)
+            mqtt.update(username=creds.username, password_file=str(pw))
+        return mqtt
+
+    def _start_agents(self) -> None:
+        operator = read_private_key(self.home.operator_key).public_key.hex()
+        collector = read_private_key(self.home.collector_key).public_key.hex()
+        model = _models_dir() / "vibration_int8.tflite"
+        cmd = _agent_command()
+        for s in self.scripts:
+            adir = self.workdir / "agents" / s.name
+            adir.mkdir(parents=True, exist_ok=True)
+            claim = adir / "claim.token"
+            claim.write_text(self._registry.device_credentials(s.name).claim_token + "\n")
+            claim.chmod(0o600)
+            conf = adir / "agent.toml"
+            conf.write_text(
+                _agent_config(
+                    s,
+                    state_dir=adir / "state",
+                    port_link=self.workdir / f"tty-{s.name}",
+                    model=model,
+                    mqtt=self._device_mqtt(s.name),
+                    operator_key=operator,
+                    collector_key=collector,
+                    claim_file=claim,
+                )
+            )
+            logf = (adir / "agent.log").open("ab")
+            self._agent_logs.append(logf)
+            self._agents[s.name] = subprocess.Popen(
+                [*cmd, "run", "--config", str(conf)],
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C goes to the demo, which stops the agents itself
+            )
+        self._event(f"{len(self._agents)} edge-agent processes running the shipped int8 model")
+
+    def _start_collector(self) -> None:
+        from fleet_cli.demo_collector import start_collector
+
+        self.collector = start_collector(self)
+        self._event("collector verifying, storing and acking (fleet-ack delivery)")
+
+    def _attacker_client(self, client_id: str) -> Any:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        if self.broker_kind == "mosquitto":
+            c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=ATTACKER, protocol=mqtt.MQTTv311)
+            c.username_pw_set(ATTACKER, self._attacker_password)
+            c.tls_set(ca_certs=self.mqtt["tls_ca"])
+        else:
+            c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+        return c
+
+    def _start_capture(self) -> None:
+        """The attacker listens (where the broker lets it) to capture genuine results to replay.
+
+        On the hardened broker the attacker account may not read: the capture then uses the
+        collector's own view of stored messages instead (an attacker with a broker dump)."""
+        if self.broker_kind != "embedded":
+            return
+        c = self._attacker_client("mallory-listen")
+
+        def on_message(client: Any, userdata: Any, msg: Any) -> None:
+            if "/res/" in msg.topic:
+                with self._lock:
+                    self._captured.setdefault(msg.topic.split("/")[3], bytes(msg.payload))
+
+        c.on_message = on_message
+        c.connect(self.mqtt["host"], self.mqtt["port"])
+        c.subscribe(fleet_device_filter(FLEET), qos=0)
+        c.loop_start()
+        self._capture_client = c
+
+    # -- the attack -----------------------------------------------------------------------
+    def _genuine_result(self, dev: str) -> bytes | None:
+        with self._lock:
+            raw = self._captured.get(dev)
+        if raw is None and self.collector is not None:
+            raw = self.collector_latest_raw(dev)
+        return raw
+
+    def collector_latest_raw(self, dev: str) -> bytes | None:
+        from fleet_cli.demo_collector import latest_result_raw
+
+        return latest_result_raw(self, dev)
+
+    def attack(self) -> None:
+        """Inject a tampered result, a result signed by an unknown key, and a replay."""
+        targets = [s.name for s in self.scripts]
+        victim = targets[0]
+        genuine = self._genuine_result(victim)
+        if genuine is None:
+            self._event("attacker: no genuine result captured yet, attack postponed")
+            return
+        opened = decode_unverified(genuine)
+        topic = device_topic(FLEET, victim, Channel.RESULT, PIPE)
+        elapsed = time.monotonic() - self.started_at
+
+        # 1. Tamper: a genuine envelope whose label is changed after signing.
+        tampered = bytearray(genuine)
+        for old, new in ((b"imbalance", b"imbalanc3"), (b"bearing", b"bearin9"), (b"normal", b"n0rmal")):
+            i = genuine.find(old)
+            if i >= 0:
+                tampered[i : i + len(old)] = new
+                break
+        # 2. Forge: a well-formed result for the victim signed by the attacker's own key.
+        payload = dict(opened.payload)
+        payload[3] = int(payload[3]) + 1_000_000
+        payload[10] = {"label": "normal", "score": 1.0, "values": [1.0, 0.0, 0.0]}
+        forged = seal(payload, Signer.generate(), FLEET).cose
+        # 3. Replay: the genuine bytes again, later.
+        injections = [
+            ("result with its label changed after signing", bytes(tampered), "BAD_SIGNATURE"),
+            ("result signed by a key the fleet does not know", forged, "UNKNOWN_KEY"),
+            ("replay of a genuine result", genuine, "DUPLICATE"),
+        ]
+        c = self._attacker_client("mallory")
+        done = threading.Event()
+        c.on_connect = lambda *a: done.set()
+        c.connect(self.mqtt["host"], self.mqtt["port"])
+        c.loop_start()
+        try:
+            if not done.wait(5):
+                self._event("attacker: could not connect")
+                return
+            for what, data, expected in injections:
+                dups = self.collector.snapshot().duplicates if self.collector is not None else 0
+                info = c.publish(topic, data, qos=1)
+                info.wait_for_publish(5)
+                with self._lock:
+                    self.attacks.append(AttackRecord(elapsed, what, victim, expected, data, dups))
+                self._event(f"attacker injects: {what} ({victim})")
+        finally:
+            c.loop_stop()
+            c.disconnect()
+
+    # -- tear-down ------------------------------------------------------------------------
+    def agents_alive(self) -> dict[str, bool]:
+        return {name: p.poll() is None for name, p in self._agents.items()}
+
+    def close(self) -> None:
+        """Stop everything this demo started, in the reverse order, whatever state it is in."""
+        for p in self._agents.values():
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + AGENT_STOP_TIMEOUT_S
+        for p in self._agents.values():
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for f in self._agent_logs:
+            f.close()
+        if self.collector is not None:
+            with contextlib.suppress(Exception):
+                self.collector.stop()
+        if self._capture_client is not None:
+            self._capture_client.loop_stop()
+            self._capture_client.disconnect()
+        for sim in self._simulators:
+            with contextlib.suppress(Exception):
+                sim.stop()
+        if self._mosquitto is not None:
+            self._mosquitto.stop()
+        if self._embedded is not None:
+            self._embedded.stop()
+        if self._registry is not None:
+            self._registry.close()
+        if not self.options.keep:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Demo:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def decode_label(raw: bytes) -> str | None:
+    try:
+        out = decode_unverified(raw).payload.get(10)
+    except EnvelopeError:
+        return None
+    return out.get("label") if isinstance(out, dict) else None
