@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from broker_config.files import blocking_dir
 from broker_config.passwd import hash_password
 from broker_config.runner import MosquittoProcess, free_port, mosquitto_binary
 from edge_protocol.envelope import EnvelopeError, decode_unverified, seal
@@ -215,6 +216,7 @@ class Demo:
         self._captured: dict[str, bytes] = {}
         self._capture_client: Any = None
         self._lock = threading.Lock()
+        self._broker_tmp: Path | None = None
 
     # -- set-up ---------------------------------------------------------------------------
     def _event(self, text: str) -> None:
@@ -241,9 +243,16 @@ class Demo:
             self.workdir.chmod(0o755)
         self.broker_kind = self._choose_broker()
         tls_port, plain_port = free_port(), free_port()
+        broker_dir = self.workdir / "broker"
+        if blocking_dir(broker_dir, "mosquitto") is not None:
+            # A --workdir below a private directory (a 0700 home, pytest's tmp): the broker's user
+            # could not read its files there, so they go to a fresh directory of their own.
+            self._broker_tmp = Path(tempfile.mkdtemp(prefix="edgeseal-demo-broker-"))
+            self._broker_tmp.chmod(0o755)
+            broker_dir = self._broker_tmp / "broker"
         self.home = init_fleet(
             self.workdir / "fleet", FLEET, broker_host="localhost", tls_port=tls_port, plain_port=plain_port,
-            broker_dir=str(self.workdir / "broker"),
+            broker_dir=str(broker_dir),
         )  # fmt: skip
         self._registry = Registry(self.home.registry_db)
         for s in self.scripts:
@@ -491,6 +500,8 @@ class Demo:
             self._registry.close()
         if not self.options.keep:
             shutil.rmtree(self.workdir, ignore_errors=True)
+            if self._broker_tmp is not None:
+                shutil.rmtree(self._broker_tmp, ignore_errors=True)
 
     def __enter__(self) -> Demo:
         return self
