@@ -19,7 +19,8 @@ Invariants:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+import operator
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import blake3
@@ -39,10 +40,7 @@ class Window:
 
     def src_hash(self) -> bytes:
         """BLAKE3 of the raw sample payloads in order (DESIGN §2 key 12)."""
-        h = blake3.blake3()
-        for raw in self.raws:
-            h.update(raw)
-        return h.digest()
+        return blake3.blake3(b"".join(self.raws)).digest()
 
 
 def channel_indices(wanted: Sequence[str], available: Sequence[str] | None) -> tuple[int, ...] | None:
@@ -78,6 +76,8 @@ class Windower:
     _raws: list[bytes] = field(default_factory=list)
     _times: list[int] = field(default_factory=list)
     _emitted: int = 0
+    _row_fn: Callable[[tuple[float, ...]], tuple[float, ...] | None] | None = None
+    _row_for: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.hop <= self.size:
@@ -104,45 +104,60 @@ class Windower:
         self._raws.clear()
         self._times.clear()
 
-    def _row(self, values: tuple[float, ...]) -> tuple[float, ...] | None:
-        if self.indices is None:
-            if len(values) != self.n_channels:
-                return None
-            picked = values
-        else:
-            if max(self.indices) >= len(values):
-                return None
-            picked = tuple(values[i] for i in self.indices)
-        if self.scale or self.offset:
-            sc = self.scale or (1.0,) * self.n_channels
-            of = self.offset or (0.0,) * self.n_channels
-            picked = tuple(v * s + o for v, s, o in zip(picked, sc, of, strict=True))
-        if not all(math.isfinite(v) for v in picked):
-            return None
-        return picked
+    def _selector(self) -> Callable[[tuple[float, ...]], tuple[float, ...] | None]:
+        """A per-sample function: select, scale, check; built once per layout (the hot path)."""
+        n = self.n_channels
+        idx = self.indices
+        identity = idx is None or idx == tuple(range(n))
+        getter = operator.itemgetter(*idx) if idx is not None and not identity else None
+        need = (max(idx) + 1) if idx is not None else n
+        scaled = bool(self.scale or self.offset)
+        sc = self.scale or (1.0,) * n
+        of = self.offset or (0.0,) * n
+        isfinite = math.isfinite
+
+        def row(values: tuple[float, ...]) -> tuple[float, ...] | None:
+            if identity:
+                if len(values) != n:
+                    return None
+                picked = values
+            else:
+                if len(values) < need:
+                    return None
+                got = getter(values)  # type: ignore[misc]
+                picked = got if n > 1 else (got,)
+            if scaled:
+                picked = tuple(v * s + o for v, s, o in zip(picked, sc, of, strict=True))
+            return picked if all(map(isfinite, picked)) else None
+
+        return row
 
     def push(self, samples: Iterable[Sample]) -> list[Window]:
         """Add samples; return the windows they complete (usually none or one)."""
+        if self._row_fn is None or self._row_for != self.indices:
+            self._row_fn, self._row_for = self._selector(), self.indices
+        row_fn = self._row_fn
+        rows, raws, times = self._rows, self._raws, self._times
         out: list[Window] = []
         for s in samples:
-            row = self._row(s.values)
+            row = row_fn(s.values)
             if row is None:
                 self.skipped += 1
                 continue
-            self._rows.append(row)
-            self._raws.append(s.raw)
-            self._times.append(s.t_us)
-            if len(self._rows) >= self.size:
+            rows.append(row)
+            raws.append(s.raw)
+            times.append(s.t_us)
+            if len(rows) >= self.size:
                 out.append(
                     Window(
-                        rows=tuple(self._rows[: self.size]),
-                        raws=tuple(self._raws[: self.size]),
-                        first_t_us=self._times[0],
+                        rows=tuple(rows[: self.size]),
+                        raws=tuple(raws[: self.size]),
+                        first_t_us=times[0],
                         index=self._emitted,
                     )
                 )
                 self._emitted += 1
-                del self._rows[: self.hop]
-                del self._raws[: self.hop]
-                del self._times[: self.hop]
+                del rows[: self.hop]
+                del raws[: self.hop]
+                del times[: self.hop]
         return out
