@@ -5,9 +5,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PKGS   := edge_protocol edge_agent firmware_bridge broker_config fleet_cli
 
-.PHONY: test demo venv mosquitto lint typecheck pytest bench clean
+.PHONY: test demo venv mosquitto lint typecheck pytest tflite-runtime bench clean
 
-test: venv mosquitto lint typecheck pytest
+test: venv mosquitto lint typecheck pytest tflite-runtime
 
 demo: venv mosquitto
 	$(BIN)/fleet demo
@@ -32,8 +32,12 @@ typecheck:
 pytest:
 	$(BIN)/python -m pytest -q
 
+# The agent's pipeline tests again, under tflite-runtime 2.14 (numpy<2) in a second environment.
+tflite-runtime:
+	PYTHON=$(PYTHON) sh tools/test-tflite-runtime.sh
+
 bench: venv
 	$(BIN)/python bench/envelope.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-tflite .mypy_cache .ruff_cache .pytest_cache
