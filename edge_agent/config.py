@@ -94,6 +94,7 @@ class MqttConfig:
     client_id: str = ""  # empty: the device id
     protocol: MqttVersion = MqttVersion.AUTO
     keepalive_s: int = 30
+    connect_timeout_s: float = 10.0  # no CONNACK this long after CONNECT: give up (and, in auto, try 3.1.1)
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -434,6 +435,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> AgentConfig:
         client_id=mq.str_("client_id", "") or device.id,
         protocol=mq.enum_("protocol", MqttVersion, MqttVersion.AUTO),
         keepalive_s=mq.int_("keepalive_s", 30, 5, 3600),
+        connect_timeout_s=mq.float_("connect_timeout_s", 10.0, 0.5, 300.0) or 10.0,
         tls_ca=tls_ca,
         tls_cert=_path(base, mq, "tls_cert"),
         tls_key=_path(base, mq, "tls_key"),

@@ -57,7 +57,6 @@ log = logging.getLogger(__name__)
 IDLE_S = 1.0
 # A CONNACK that does not arrive within 10 s means the broker is stuck; paho's connect timeout is 5 s
 # for the TCP part alone.
-CONNACK_TIMEOUT_S = 10.0
 # Entries read from SQLite per resend page: one page is ~60 KB of envelopes.
 RESEND_PAGE = 256
 # How often the resend timer and the high-water marks are looked at.
@@ -304,7 +303,7 @@ class Session:
         if rc != 0 or client.socket() is None:
             self._lost(f"paho rc {rc}")
             return
-        if self.state is State.CONNECTING and now - self._connecting_since > CONNACK_TIMEOUT_S:
+        if self.state is State.CONNECTING and now - self._connecting_since > self.cfg.connect_timeout_s:
             self._lost("no CONNACK in time")
             return
         if self.state is State.CONNECTED:
@@ -402,17 +401,23 @@ class Session:
 
     # -- callbacks: record only ----------------------------------------------------------------------
 
-    def _cb_connect(self, _c: Any, _u: Any, _flags: Any, reason_code: Any, _props: Any) -> None:
-        self._events.connack = reason_code
+    # Callbacks of a client we already dropped (paho calls on_disconnect from disconnect()) must not
+    # leak into the next connection's events: each callback checks that its client is the current one.
+    def _cb_connect(self, c: Any, _u: Any, _flags: Any, reason_code: Any, _props: Any) -> None:
+        if c is self._client:
+            self._events.connack = reason_code
 
-    def _cb_disconnect(self, _c: Any, _u: Any, _flags: Any, _reason: Any, _props: Any) -> None:
-        self._events.disconnected = True
+    def _cb_disconnect(self, c: Any, _u: Any, _flags: Any, _reason: Any, _props: Any) -> None:
+        if c is self._client:
+            self._events.disconnected = True
 
-    def _cb_publish(self, _c: Any, _u: Any, mid: int, reason_code: Any, _props: Any) -> None:
-        self._events.pubacks.append((mid, int(getattr(reason_code, "value", 0))))
+    def _cb_publish(self, c: Any, _u: Any, mid: int, reason_code: Any, _props: Any) -> None:
+        if c is self._client:
+            self._events.pubacks.append((mid, int(getattr(reason_code, "value", 0))))
 
-    def _cb_message(self, _c: Any, _u: Any, msg: Any) -> None:
-        self._events.messages.append((str(msg.topic), bytes(msg.payload)))
+    def _cb_message(self, c: Any, _u: Any, msg: Any) -> None:
+        if c is self._client:
+            self._events.messages.append((str(msg.topic), bytes(msg.payload)))
 
     # -- handling what callbacks recorded -------------------------------------------------------------
 

@@ -104,6 +104,7 @@ def config_text(
     protocol: str = "frames",
     heartbeat: float = 0,
     fleet: str = FLEET,
+    mqtt_extra: str = "",
 ) -> str:
     return f"""
 [device]
@@ -117,6 +118,7 @@ port = {port}
 resend_after_s = 2.0
 backoff_min_s = 0.05
 backoff_max_s = 0.5
+{mqtt_extra}
 
 [trust]
 operator_key = "{OPERATOR.public_key.hex()}"

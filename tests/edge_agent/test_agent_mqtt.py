@@ -238,3 +238,26 @@ def test_heartbeat(rig_factory: Any) -> None:
     for k in ("cpu", "rss_mb", "outbox_depth", "outbox_bytes", "lat_p50_us", "lat_p95_us", "drops", "links"):
         assert k in m, k
     assert m["rss_mb"] > 0
+
+
+def test_falls_back_to_mqtt_311_and_reconnects_cleanly(tmp_path: Path) -> None:
+    """A 3.1.1-only broker (amqtt) that never answers an MQTT 5 CONNECT with a Will: with protocol
+    "auto" the agent gives up after connect_timeout_s, speaks 3.1.1, and stays connected (a stale
+    disconnect callback of the dropped client once made every later connection flap)."""
+    from fleet_cli.embedded_broker import EmbeddedBroker
+
+    with EmbeddedBroker() as emb:
+        broker = Broker(emb.host, emb.port, None)  # type: ignore[arg-type]
+        rig = Rig(tmp_path, broker, mqtt_extra='protocol = "auto"\nconnect_timeout_s = 1.0')
+        try:
+            agent = rig.start()
+            c = rig.collector
+            rig.source.feed([sample(i) for i in range(100)])
+            assert c.wait_for(lambda: len(c.messages) >= 25, 20), c.errors
+            assert not c.errors
+            assert agent.session is not None
+            assert agent.session.counters.protocol == "3.1.1"
+            assert agent.session.counters.disconnects == 0
+            assert c.wait_for(lambda: agent.outbox is not None and agent.outbox.depth == 0, 10)
+        finally:
+            rig.close()
