@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.errors import IdentityError
@@ -32,13 +31,6 @@ OUTBOX_FILE = "outbox.sqlite"
 MAX_BOOT = 2**63 - 1
 # A boot file is one decimal number; more than 32 bytes is not ours.
 MAX_BOOT_FILE_BYTES = 32
-
-
-@dataclass(frozen=True)
-class Identity:
-    signer: Signer
-    boot: int
-    claim_token: bytes | None
 
 
 def ensure_state_dir(state_dir: Path) -> Path:
@@ -123,12 +115,3 @@ def read_claim_token(path: Path | None) -> bytes | None:
     if len(token) != CLAIM_TOKEN_LEN:
         raise IdentityError(f"claim token {path} is {len(token)} bytes, expected {CLAIM_TOKEN_LEN}")
     return token
-
-
-def start_identity(state_dir: Path, claim_token_file: Path | None) -> Identity:
-    """Everything the agent needs before it connects, in DESIGN order: key, then a durable new boot."""
-    ensure_state_dir(state_dir)
-    signer = load_or_create_key(state_dir)
-    token = read_claim_token(claim_token_file)
-    boot = next_boot(state_dir)
-    return Identity(signer, boot, token)
