@@ -20,10 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import nacl.signing  # noqa: E402
+import nacl.signing
 
-from edge_protocol.envelope import open_envelope, protected_header, seal, sig_structure  # noqa: E402
-from edge_protocol.keys import Signer, Verifier  # noqa: E402
+from edge_protocol.envelope import open_envelope, protected_header, seal, sig_structure
+from edge_protocol.keys import Signer, Verifier
 
 FLEET = "demo"
 

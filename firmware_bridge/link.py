@@ -23,7 +23,8 @@ Ordering rules after every (re)open, frames protocol (DESIGN §5):
 ``read_samples(timeout_s)`` returns as soon as it has at least one sample, or ``[]`` when
 ``timeout_s`` has passed; it never raises because the port went away. It blocks no longer than
 ``timeout_s``, except that a PING or CONFIG write stuck behind hardware flow control may add up to
-``WRITE_TIMEOUT_S`` (counted in ``write_timeouts``). Device strings (LOG, ERROR, HELLO) are sanitised before they are logged.
+``WRITE_TIMEOUT_S`` (counted in ``write_timeouts``). Device strings (LOG, ERROR, HELLO) are
+sanitised before they are logged.
 """
 
 from __future__ import annotations
