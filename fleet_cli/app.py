@@ -23,6 +23,7 @@ from fleet_cli import (
     demo_cmd,
     device_cmd,
     export_cmd,
+    flash_cmd,
     init_cmd,
     inspect_cmd,
     stats_cmd,
@@ -48,6 +49,7 @@ app.command("stats")(stats_cmd.stats)
 app.command("export")(export_cmd.export)
 app.command("cmd")(cmd_cmd.cmd)
 app.command("demo")(demo_cmd.demo)
+app.command("flash")(flash_cmd.flash_cmd)
 app.add_typer(device_cmd.app, name="device")
 app.add_typer(user_cmd.app, name="user")
 app.add_typer(broker_cmd.app, name="broker")
