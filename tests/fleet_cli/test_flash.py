@@ -1,0 +1,446 @@
+"""The pure parts of ``fleet flash``: requirements, targets and wheel tags, the rendered agent config,
+unit, user-data and manifest, the tar writer, the verifier's limit, SSH commands and their errors."""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from edge_agent.config import parse_config
+from fleet_cli import flash
+from fleet_cli.errors import UsageError
+from fleet_cli.flash import (
+    AGENT_DEPENDENCIES,
+    MAX_MANIFEST_BYTES,
+    AgentSettings,
+    Arch,
+    BundleFile,
+    Runtime,
+    Target,
+    agent_requirements,
+    check_wheel_tags,
+    render_agent_config,
+    render_manifest,
+    render_sha256sums,
+    render_unit,
+    render_user_data,
+)
+from fleet_cli.flash_cmd import (
+    Bundle,
+    RemoteError,
+    SshTarget,
+    Step,
+    explain_ssh_failure,
+    install_over_ssh,
+    parse_ssh_target,
+    plan_boot,
+    source_tree,
+    ssh_steps,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+# Import names of the agent's third-party dependencies -> their distribution names.
+IMPORT_TO_DIST = {
+    "paho": "paho-mqtt",
+    "nacl": "pynacl",
+    "serial": "pyserial",
+    "blake3": "blake3",
+    "cbor2": "cbor2",
+    "cobs": "cobs",
+    "numpy": "numpy",
+    "tomli": "tomli",
+}
+RUNTIMES = {"ai_edge_litert", "tflite_runtime"}
+OUR_PACKAGES = {"edge_agent", "firmware_bridge", "edge_protocol"}
+
+
+def _imports(package: str) -> set[str]:
+    found: set[str] = set()
+    for path in (ROOT / package).rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                found |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+    return found
+
+
+def test_agent_dependencies_are_exactly_what_the_device_packages_import() -> None:
+    third_party = set()
+    for package in OUR_PACKAGES:
+        third_party |= _imports(package) - set(sys.stdlib_module_names) - OUR_PACKAGES - {"__future__"}
+    # importlib.util.find_spec strings are not imports: the runtimes are loaded by name
+    third_party -= RUNTIMES
+    assert third_party <= set(IMPORT_TO_DIST), third_party - set(IMPORT_TO_DIST)
+    assert {IMPORT_TO_DIST[m] for m in third_party} | {"tomli"} == AGENT_DEPENDENCIES
+
+
+def test_agent_requirements_from_the_installed_metadata() -> None:
+    reqs = agent_requirements(importlib.metadata.requires("edgeseal") or [], Runtime.AI_EDGE_LITERT)
+    names = {flash.requirement_name(r) for r in reqs}
+    assert names == AGENT_DEPENDENCIES | {"ai-edge-litert"}
+    assert any(r.startswith("tomli") and 'python_version < "3.11"' in r for r in reqs)  # the marker stays
+    assert not any("extra" in r for r in reqs)
+    tfl = agent_requirements(importlib.metadata.requires("edgeseal") or [], Runtime.TFLITE_RUNTIME)
+    assert "tflite-runtime==2.14.*" in tfl
+    assert "numpy<2" in tfl
+    assert "ai-edge-litert" not in {flash.requirement_name(r) for r in tfl}
+    with pytest.raises(UsageError, match="agent's dependencies"):
+        agent_requirements(["typer>=0.12"], Runtime.AI_EDGE_LITERT)
+    with pytest.raises(UsageError, match="'agent' extra"):
+        agent_requirements(["paho-mqtt>=2", "PyNaCl", "blake3", "cbor2"], Runtime.AI_EDGE_LITERT)
+
+
+def test_target_platform_tags_and_pip_arguments() -> None:
+    assert Target().pip_download_args() == ["--only-binary=:all:"]
+    t = Target(arch=Arch.AARCH64, python=(3, 11), glibc=(2, 36))
+    tags = t.platform_tags()
+    assert tags[0] == "manylinux2014_aarch64"
+    assert tags[1] == "manylinux_2_17_aarch64"
+    assert tags[-1] == "manylinux_2_36_aarch64"
+    args = t.pip_download_args()
+    assert args[:3] == ["--only-binary=:all:", "--platform", "manylinux2014_aarch64"]
+    assert args[-6:] == ["--python-version", "3.11", "--implementation", "cp", "--abi", "cp311"]
+    assert Target(arch=Arch.X86_64).platform_tags()[-1] == "manylinux_2_35_x86_64"
+    with pytest.raises(UsageError, match="too old"):
+        Target(arch=Arch.AARCH64, python=(3, 9))
+    with pytest.raises(UsageError, match="older than manylinux2014"):
+        Target(arch=Arch.AARCH64, glibc=(2, flash.MIN_GLIBC_MINOR - 1))
+    assert flash.parse_version("3.12", "python") == (3, 12)
+    assert flash.parse_version("2.36", "glibc") == (2, 36)
+    for bad, what in (("3", "python"), ("py3.11", "python"), ("2.x", "glibc"), ("3.11", "glibc")):
+        with pytest.raises(UsageError):
+            flash.parse_version(bad, what)
+
+
+def test_wheel_tags_are_checked_against_the_target() -> None:
+    t = Target(arch=Arch.AARCH64, python=(3, 11), glibc=(2, 35))
+    check_wheel_tags(
+        [
+            "paho_mqtt-2.2.0-py3-none-any.whl",
+            "pyserial-3.5-py2.py3-none-any.whl",
+            "pynacl-1.6.2-cp38-abi3-manylinux2014_aarch64.manylinux_2_17_aarch64.whl",
+            "numpy-2.4.6-cp311-cp311-manylinux_2_27_aarch64.manylinux_2_28_aarch64.whl",
+        ],
+        t,
+    )
+    for bad in (
+        "numpy-2.4.6-cp311-cp311-manylinux_2_27_x86_64.whl",  # another machine
+        "numpy-2.4.6-cp312-cp312-manylinux_2_27_aarch64.whl",  # another Python
+        "numpy-2.4.6-cp311-cp311-manylinux_2_39_aarch64.whl",  # a newer glibc than the target's
+        "numpy-2.4.6-cp311-cp311-macosx_14_0_arm64.whl",
+        "pynacl-1.6.2-cp312-abi3-manylinux2014_aarch64.whl",  # abi3 from 3.12 on
+    ):
+        with pytest.raises(UsageError):
+            check_wheel_tags([bad], t)
+    with pytest.raises(UsageError, match="not a wheel"):
+        check_wheel_tags(["numpy-2.4.6.tar.gz"], t)
+
+
+def _settings(**kw: object) -> AgentSettings:
+    base: dict[str, object] = {
+        "device": "dev-01",
+        "fleet": "north",
+        "broker_host": "broker.example",
+        "broker_port": 8883,
+        "operator_key": "11" * 32,
+        "collector_keys": ("22" * 32,),
+    }
+    return AgentSettings(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def test_agent_config_is_a_valid_edge_agent_config(tmp_path: Path) -> None:
+    import tomllib
+
+    path = tmp_path / "agent.toml"
+    text = render_agent_config(_settings(serial_port="/dev/serial/by-id/usb-Arduino-if00", baud=921600))
+    cfg = parse_config(tomllib.loads(text), path)
+    assert (cfg.device.id, cfg.device.fleet, str(cfg.device.state_dir)) == (
+        "dev-01",
+        "north",
+        "/var/lib/edgeseal",
+    )
+    assert (cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.username) == ("broker.example", 8883, "dev-01")
+    assert cfg.mqtt.tls_ca == tmp_path / "ca.crt"
+    assert cfg.mqtt.password_file == tmp_path / "mqtt.pass"
+    assert cfg.claim_token_file == tmp_path / "claim.token"
+    assert cfg.trust.operator_key == bytes.fromhex("11" * 32)
+    assert cfg.trust.collector_keys == (bytes.fromhex("22" * 32),)
+    assert cfg.trust.delivery.value == "fleet-ack"
+    (p,) = cfg.pipelines
+    assert p.source.port == "/dev/serial/by-id/usb-Arduino-if00"
+    assert p.source.baud == 921600
+    assert p.model.name == "vibration_int8.tflite"
+    assert p.window == 128
+    assert p.hop == 64
+    # enrolled already: no [enrol] table
+    enrolled = parse_config(tomllib.loads(render_agent_config(_settings(claim=False))), path)
+    assert enrolled.claim_token_file is None
+
+
+def test_agent_settings_limits() -> None:
+    with pytest.raises(UsageError, match="serial-port"):
+        _settings(serial_port='/dev/tty"; rm -rf /')
+    with pytest.raises(UsageError, match="--baud"):
+        _settings(baud=12_000_001)  # edge_agent.config's bound on source.baud
+    with pytest.raises(UsageError, match="--baud"):
+        _settings(baud=0)
+
+
+def test_unit_is_hardened_and_allows_only_the_serial_device(tmp_path: Path) -> None:
+    text = render_unit("dev-01", "/dev/ttyACM0")
+    for line in (
+        "Type=simple",
+        "User=edgeseal",
+        "SupplementaryGroups=dialout",
+        "Restart=on-failure",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "ReadWritePaths=/var/lib/edgeseal",
+        "DevicePolicy=closed",
+        "DeviceAllow=char-ttyACM rw",
+        "ExecStart=/opt/edgeseal/venv/bin/edge-agent run --config /etc/edgeseal/agent.toml",
+    ):
+        assert line in text.splitlines(), line
+    assert "PrivateDevices" not in text.replace("# PrivateDevices= stays off", "")
+    assert "WatchdogSec" not in text  # the agent does not send sd_notify keep-alives (yet)
+    assert flash.device_allow("/dev/ttyUSB1") == ["DeviceAllow=char-ttyUSB rw"]
+    assert flash.device_allow("/dev/ttyAMA0") == ["DeviceAllow=char-ttyAMA rw"]
+    assert flash.device_allow("/dev/ttyS0") == ["DeviceAllow=char-ttyS rw"]
+    assert flash.device_allow("/dev/serial/by-id/x") == [
+        "DeviceAllow=char-ttyACM rw",
+        "DeviceAllow=char-ttyUSB rw",
+    ]
+    assert flash.device_allow("/dev/mysensor") == ["DeviceAllow=/dev/mysensor rw"]
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze not installed")
+    # systemd's own parser: no unknown or malformed directive (the ExecStart binary must exist for it)
+    unit = tmp_path / "edgeseal-agent.service"
+    unit.write_text(text.replace("/opt/edgeseal/venv/bin/edge-agent", "/bin/true"))
+    done = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, check=False)
+    problems = [ln for ln in (done.stdout + done.stderr).splitlines() if str(unit) in ln]
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not problems, problems
+
+
+def test_manifest_sums_and_file_rules() -> None:
+    files = [
+        BundleFile("install.sh", b"#!/bin/sh\n", flash.MODE_EXEC),
+        BundleFile("config/mqtt.pass", b"pw\n", flash.MODE_SECRET, secret=True),
+        BundleFile("config/agent.toml", b"[device]\n"),
+    ]
+    raw = render_manifest(files, {"device": "dev-01"})
+    doc = json.loads(raw)
+    assert doc["format"] == flash.BUNDLE_FORMAT
+    assert doc["device"] == "dev-01"
+    assert [e["path"] for e in doc["files"]] == ["config/agent.toml", "config/mqtt.pass", "install.sh"]
+    secret = doc["files"][1]
+    assert (secret["mode"], secret["size"], secret["secret"]) == ("0600", 3, True)
+    assert len(secret["sha256"]) == len(secret["blake3"]) == 64
+    assert render_sha256sums(raw).decode().splitlines()[2].endswith("  install.sh")
+    with pytest.raises(ValueError, match="twice"):
+        render_manifest([*files, files[0]], {})
+    with pytest.raises(ValueError, match="not listed"):
+        render_manifest([BundleFile("MANIFEST.json", b"")], {})
+    for bad in ("/etc/passwd", "../x", "a//b", "a/./b", ""):
+        with pytest.raises(ValueError, match="bad bundle path"):
+            BundleFile(bad, b"")
+    with pytest.raises(ValueError, match="0600"):
+        BundleFile("config/claim.token", b"", flash.MODE_FILE, secret=True)
+
+
+def test_tar_keeps_modes_and_root_ownership() -> None:
+    buf = io.BytesIO()
+    files = [
+        BundleFile("config/claim.token", b"t", flash.MODE_SECRET, secret=True),
+        BundleFile("install.sh", b"#!/bin/sh\n", flash.MODE_EXEC),
+    ]
+    flash.write_tar(buf, "edgeseal-dev-01", files, mtime=1_700_000_000)
+    buf.seek(0)
+    with tarfile.open(fileobj=buf) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+    assert members["edgeseal-dev-01"].isdir()
+    assert members["edgeseal-dev-01"].mode == 0o700
+    assert members["edgeseal-dev-01/config"].mode == 0o700
+    assert members["edgeseal-dev-01/config/claim.token"].mode == 0o600
+    assert members["edgeseal-dev-01/install.sh"].mode == 0o755
+    assert {(m.uid, m.gid) for m in members.values()} == {(0, 0)}
+
+
+def _run_verify(bundle: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    script = bundle / "verify.py"
+    script.write_text(flash.render_verifier())
+    return subprocess.run(
+        [sys.executable, str(script), "--bundle", str(bundle), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_verifier_refuses_a_manifest_over_its_limit(tmp_path: Path) -> None:
+    assert "MAX_MANIFEST_BYTES = 4 * 1024 * 1024" in flash.render_verifier()
+    assert MAX_MANIFEST_BYTES == 4 * 1024 * 1024
+    (tmp_path / "MANIFEST.json").write_bytes(b" " * (MAX_MANIFEST_BYTES + 1))
+    done = _run_verify(tmp_path)
+    assert done.returncode == 1
+    assert "larger than" in done.stderr
+
+
+def test_verifier_accepts_a_good_bundle_and_checks_the_pin(tmp_path: Path) -> None:
+    import hashlib
+
+    files = [
+        BundleFile("config/a.txt", b"hello\n"),
+        BundleFile(flash.VERIFY_NAME, flash.render_verifier().encode()),
+    ]
+    raw = render_manifest(files, {"offline": False, "target": {"platform": "host"}})
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "a.txt").write_bytes(b"hello\n")
+    (tmp_path / "MANIFEST.json").write_bytes(raw)
+    (tmp_path / "SHA256SUMS").write_bytes(render_sha256sums(raw))
+    ok = _run_verify(tmp_path, "--blake3", "require", "--manifest-sha256", hashlib.sha256(raw).hexdigest())
+    assert ok.returncode == 0, ok.stderr
+    assert "2 files match the manifest (SHA-256, BLAKE3)" in ok.stdout
+    pinned = _run_verify(tmp_path, "--manifest-sha256", "00" * 32)
+    assert pinned.returncode == 1
+    assert "pinned" in pinned.stderr
+    (tmp_path / "config" / "link").symlink_to("a.txt")
+    linked = _run_verify(tmp_path)
+    assert linked.returncode == 1
+    assert "not a regular file" in linked.stderr
+
+
+def test_user_data_is_cloud_config_yaml() -> None:
+    text = render_user_data("dev-01", "dev-01.tar.gz", "edgeseal-dev-01", "ab" * 32)
+    assert text.startswith("#cloud-config\n")
+    doc = yaml.safe_load(text)
+    assert list(doc) == ["runcmd"]
+    assert doc["runcmd"][0][0:2] == ["sh", "-c"]
+    assert subprocess.run(["sh", "-n", "-c", doc["runcmd"][0][2]], check=False).returncode == 0
+
+
+def test_install_script_is_posix_sh() -> None:
+    text = flash.render_install_script("dev-01", "north")
+    assert text.startswith("#!/bin/sh\n")
+    assert "@@" not in text
+    assert subprocess.run(["sh", "-n", "-c", text], check=False).returncode == 0
+    if shutil.which("dash"):
+        assert subprocess.run(["dash", "-n", "-c", text], check=False).returncode == 0
+    if shutil.which("shellcheck"):
+        done = subprocess.run(
+            ["shellcheck", "-s", "sh", "-"], input=text, capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0, done.stdout
+
+
+def test_ssh_targets() -> None:
+    assert parse_ssh_target("pi@raspberrypi.local") == SshTarget("pi", "raspberrypi.local", None)
+    assert parse_ssh_target("root@10.0.0.7:2222") == SshTarget("root", "10.0.0.7", 2222)
+    t = parse_ssh_target("pi@[fe80::1]:22")
+    assert t == SshTarget("pi", "fe80::1", 22)
+    assert t.scp_destination("/x") == "pi@[fe80::1]:/x"
+    for bad in ("raspberrypi", "pi@", "@host", "pi@host:", "pi@host:99999", "pi@ho st", "pi@host;rm"):
+        with pytest.raises(UsageError):
+            parse_ssh_target(bad)
+
+
+def _bundle(tmp_path: Path) -> Bundle:
+    return Bundle(tmp_path / "b.tar.gz", "edgeseal-dev-01", "ab" * 32, 1, 1, (), True)
+
+
+def test_ssh_steps(tmp_path: Path) -> None:
+    b = _bundle(tmp_path)
+    steps = ssh_steps(
+        SshTarget("pi", "h", 2222), b, options=("StrictHostKeyChecking=accept-new",), remote_dir="/tmp/d"
+    )
+    assert [s.name for s in steps] == ["connect", "copy", "install"]
+    connect, copy, install = (s.argv for s in steps)
+    assert connect[0] == "ssh"
+    assert "BatchMode=yes" in connect
+    assert "StrictHostKeyChecking=accept-new" in connect
+    assert connect[connect.index("-p") + 1] == "2222"
+    assert connect[-1] == "umask 077 && mkdir -m 700 /tmp/d"
+    assert copy[0] == "scp"
+    assert copy[copy.index("-P") + 1] == "2222"
+    assert copy[-1] == "pi@h:/tmp/d/bundle.tar.gz"
+    assert "sudo -n sh edgeseal-dev-01/install.sh --manifest-sha256 " + "ab" * 32 in install[-1]
+    assert "rm -rf /tmp/d" in install[-1]
+    root = ssh_steps(SshTarget("root", "h"), b, remote_dir="/tmp/d")[2].argv[-1]
+    assert "sudo" not in root
+    assert "-p" not in ssh_steps(SshTarget("root", "h"), b)[0].argv
+    prefixed = ssh_steps(SshTarget("pi", "h"), b, remote_prefix="/home/pi/es x")[2].argv[-1]
+    assert "sudo" not in prefixed
+    assert "--prefix '/home/pi/es x' --no-systemd" in prefixed
+    assert ssh_steps(SshTarget("pi", "h"), b)[0].argv[-1] != ssh_steps(SshTarget("pi", "h"), b)[0].argv[-1]
+
+
+def test_ssh_failures_explain_themselves(tmp_path: Path) -> None:
+    t = SshTarget("pi", "h", 2222)
+    cases = {
+        "ssh: connect to host h port 2222: Connection refused": "cannot reach h:2222",
+        "ssh: Could not resolve hostname h: Name or service not known": "cannot reach",
+        "ssh: connect to host h port 2222: Connection timed out": "cannot reach",
+        "pi@h: Permission denied (publickey).": "authentication to pi@h",
+        "Host key verification failed.": "host key of h:2222",
+        "kex_exchange_identification: something odd": "ssh to h:2222 failed",
+    }
+    for stderr, want in cases.items():
+        assert want in str(explain_ssh_failure(t, stderr)), stderr
+
+    calls: list[str] = []
+
+    def runner(results: dict[str, tuple[int, str]]):  # type: ignore[no-untyped-def]
+        def run(step: Step) -> tuple[int, str]:
+            calls.append(step.name)
+            return results.get(step.name, (0, ""))
+
+        return run
+
+    steps = ssh_steps(t, _bundle(tmp_path), remote_dir="/tmp/d")
+    with pytest.raises(RemoteError, match="cannot reach"):
+        install_over_ssh(
+            t, steps, runner({"connect": (255, "ssh: connect to host h port 2222: No route to host")})
+        )
+    assert calls == ["connect"]
+    with pytest.raises(RemoteError, match="copying the bundle to h failed: scp: disk full"):
+        install_over_ssh(t, steps, runner({"copy": (1, "scp: disk full")}))
+    with pytest.raises(RemoteError, match=r"installer failed on h \(exit status 3\)"):
+        install_over_ssh(t, steps, runner({"install": (3, "")}))
+    calls.clear()
+    install_over_ssh(t, steps, runner({}))
+    assert calls == ["connect", "copy", "install"]
+
+
+def test_boot_plan_refusals(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="not a directory"):
+        plan_boot(tmp_path / "missing", "dev-01", force=False)
+    with pytest.raises(UsageError, match="does not look like"):
+        plan_boot(tmp_path, "dev-01", force=False)
+    (tmp_path / "cmdline.txt").write_text("x")
+    plan = plan_boot(tmp_path, "dev-01", force=False)
+    assert plan.bundle == tmp_path / "edgeseal" / "dev-01.tar.gz"
+    assert plan.meta_data == tmp_path / "meta-data"
+    (tmp_path / "user-data").write_text("#cloud-config\n")
+    (tmp_path / "meta-data").write_text("instance-id: x\n")
+    with pytest.raises(UsageError, match="refusing to overwrite"):
+        plan_boot(tmp_path, "dev-01", force=False)
+    assert plan_boot(tmp_path, "dev-01", force=True).meta_data is None
+
+
+def test_source_tree_is_this_checkout() -> None:
+    assert source_tree() == ROOT

@@ -1,0 +1,659 @@
+"""``fleet flash`` end to end: an offline bundle for this host installs into a prefix with the package
+index unreachable, the installed agent enrols through its claim against the hardened broker (TLS +
+passwords) and its results verify in a collector; tampering is refused; the SSH path runs against a
+real sshd on a loopback port; an aarch64 offline bundle carries aarch64 wheels; --boot writes the
+bundle and a cloud-init hook.
+
+One offline bundle is built per module and reused; the figures (bundle sizes, install time, time to
+the first verified result) are printed (``pytest -s``) and quoted in docs/flash.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from broker_config.runner import MosquittoProcess, free_port
+from edge_protocol.keys import read_private_key
+from fleet_cli.app import main as fleet_main
+from fleet_cli.broker_cmd import render_broker
+from fleet_cli.collector import Collector, CollectorConfig
+from fleet_cli.flash import check_wheel_tags, wheel_tags
+from fleet_cli.home import FleetHome, init_fleet
+from fleet_cli.registry import Registry
+from tests.broker_config._helpers import reachable
+from tests.fleet_cli._collect_sim import unique_fleet
+
+pytestmark = pytest.mark.integration
+
+DEVICE = "dev-01"
+TOP = f"edgeseal-{DEVICE}"
+# The package index and any proxy point at the discard port: a download attempt fails at once.
+NO_NETWORK = {
+    "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
+    "PIP_EXTRA_INDEX_URL": "",
+    "PIP_FIND_LINKS": "",
+    "PIP_CONFIG_FILE": os.devnull,
+    "http_proxy": "http://127.0.0.1:9",
+    "https_proxy": "http://127.0.0.1:9",
+    "HTTP_PROXY": "http://127.0.0.1:9",
+    "HTTPS_PROXY": "http://127.0.0.1:9",
+}
+FIRST_RESULT_TIMEOUT_S = 60.0
+FIGURES: dict[str, float] = {}
+
+
+def _flash(*args: str) -> tuple[int, str, str]:
+    """``fleet flash`` in a subprocess (its own stdout/stderr, as an operator runs it)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "fleet_cli", "flash", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def _error(stderr: str) -> str:
+    """The one ``error:`` line (notes may come before it)."""
+    lines = [ln for ln in stderr.splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+@dataclass(frozen=True)
+class Built:
+    home: FleetHome
+    bundle: Path
+    wheel: Path  # the edgeseal wheel of that bundle, reused by later builds
+    simulator_link: Path
+    build_s: float
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    tmp = reachable(tmp_path_factory.mktemp("flash"))
+    home = init_fleet(tmp / "home", unique_fleet("f"), tls_port=free_port(), plain_port=0)
+    home.config_path.write_text(
+        home.config_path.read_text().replace('tls_bind = ""', 'tls_bind = "127.0.0.1"')
+    )
+    home = FleetHome.load(home.root)
+    with Registry(home.registry_db) as reg:
+        reg.add_device(DEVICE)
+    link = tmp / "tty-dev-01"
+    bundle = tmp / "dev-01-host-offline.tar.gz"
+    t0 = time.monotonic()
+    code, out, err = _flash(
+        DEVICE, "--home", str(home.root), "--bundle", str(bundle), "--offline",
+        "--serial-port", str(link), "--baud", "921600",
+    )  # fmt: skip
+    build_s = time.monotonic() - t0
+    assert code == 0, err
+    assert "manifest sha256" in out
+    wheel = tmp / "wheel"
+    wheel.mkdir()
+    with tarfile.open(bundle) as tar:
+        member = next(m for m in tar.getmembers() if m.name.startswith(f"{TOP}/wheels/edgeseal-"))
+        data = tar.extractfile(member)
+        assert data is not None
+        (wheel / Path(member.name).name).write_bytes(data.read())
+    FIGURES["bundle_host_offline_mib"] = bundle.stat().st_size / 2**20
+    FIGURES["build_host_offline_s"] = build_s
+    return Built(home, bundle, next(wheel.iterdir()), link, build_s)
+
+
+def _unpack(bundle: Path, into: Path) -> Path:
+    into.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "-xzf", str(bundle), "-C", str(into)], check=True)
+    return into / TOP
+
+
+def _install(
+    bundle_dir: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["sh", str(bundle_dir / "install.sh"), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **NO_NETWORK, **(env or {})},
+        timeout=300,
+        check=False,
+    )
+
+
+def _manifest(bundle_dir: Path) -> dict[str, object]:
+    doc: dict[str, object] = json.loads((bundle_dir / "MANIFEST.json").read_text())
+    return doc
+
+
+@contextlib.contextmanager
+def _broker(home: FleetHome) -> Iterator[MosquittoProcess]:
+    s = render_broker(home).settings
+    proc = MosquittoProcess(s.paths.conf, s.tls_port, log=s.paths.directory / "test.log").start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@contextlib.contextmanager
+def _collector(home: FleetHome, store: Path) -> Iterator[Collector]:
+    with Registry(home.registry_db) as reg:
+        creds = reg.user_credentials(home.config.collector_user)
+        config = CollectorConfig(
+            fleet=home.fleet,
+            store_path=store,
+            host="localhost",
+            port=home.config.broker.tls_port,
+            username=creds.username,
+            password=creds.password,
+            tls_ca=home.ca_cert,
+            client_id="flash-test-collector",
+            batch_max_delay_s=0.05,
+            ack_interval_s=0.5,
+        )
+        c = Collector(config, reg, read_private_key(home.collector_key))
+        c.start()
+        try:
+            yield c
+        finally:
+            c.stop()
+
+
+def test_offline_bundle_installs_without_network_and_the_agent_enrols_and_verifies(
+    built: Built, tmp_path: Path
+) -> None:
+    from firmware_bridge.simulator import Simulator
+
+    bundle_dir = _unpack(built.bundle, tmp_path / "unpacked")
+    manifest = _manifest(bundle_dir)
+    assert manifest["offline"] is True
+    files = {e["path"]: e for e in manifest["files"]}  # type: ignore[attr-defined]
+    assert {p for p, e in files.items() if e["secret"]} == {"config/mqtt.pass", "config/claim.token"}
+    assert all(e["mode"] == "0600" for e in files.values() if e["secret"])
+    for p, e in files.items():
+        assert (bundle_dir / p).stat().st_mode & 0o777 == int(e["mode"], 8)
+    prefix = tmp_path / "root"
+    t0 = time.monotonic()
+    done = _install(bundle_dir, "--prefix", str(prefix), "--no-systemd")
+    install_s = time.monotonic() - t0
+    assert done.returncode == 0, done.stdout + done.stderr
+    FIGURES["install_s"] = install_s
+    log = done.stdout + done.stderr
+    # nothing was fetched: pip had no index but the bundle, and never tried the network
+    assert "from the bundled wheels (no network)" in log
+    assert "Downloading" not in log
+    assert "127.0.0.1:9" not in log
+    assert "Retrying" not in log
+    assert "BLAKE3" in log
+    etc = prefix / "etc" / "edgeseal"
+    assert (etc / "mqtt.pass").stat().st_mode & 0o777 == 0o600
+    assert (etc / "claim.token").stat().st_mode & 0o777 == 0o600
+    state = prefix / "var" / "lib" / "edgeseal"
+    assert state.stat().st_mode & 0o777 == 0o700
+    assert f'state_dir = "{state}"' in (etc / "agent.toml").read_text()
+    agent_bin = prefix / "opt" / "edgeseal" / "venv" / "bin" / "edge-agent"
+    # only the agent's dependencies went into the venv, not the operator's
+    venv_python = prefix / "opt" / "edgeseal" / "venv" / "bin" / "python"
+    probe = subprocess.run(
+        [str(venv_python), "-c", "import importlib.util as u; print([m for m in "
+         "('typer', 'rich', 'amqtt', 'nacl', 'ai_edge_litert') if u.find_spec(m)])"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert probe.stdout.strip() == "['nacl', 'ai_edge_litert']"
+
+    home = built.home
+    sim = Simulator(profile="vibration", hz=400.0, protocol="frames", link=built.simulator_link, seed=3)
+    sim.start()
+    agent: subprocess.Popen[bytes] | None = None
+    try:
+        with _broker(home), _collector(home, tmp_path / "store.sqlite") as collector:
+            t_start = time.monotonic()
+            agent_log = (tmp_path / "agent.log").open("wb")
+            agent = subprocess.Popen(
+                [str(agent_bin), "run", "--config", str(etc / "agent.toml")],
+                stdout=agent_log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **NO_NETWORK},
+            )
+            first = None
+            deadline = time.monotonic() + FIRST_RESULT_TIMEOUT_S
+            while time.monotonic() < deadline:
+                snap = collector.snapshot()
+                if first is None and sum(snap.labels_by_device.get(DEVICE, {}).values()) > 0:
+                    first = time.monotonic() - t_start
+                if first is not None and snap.accepted >= 5:
+                    break
+                assert agent.poll() is None, (tmp_path / "agent.log").read_text()
+                time.sleep(0.05)
+            assert first is not None, (tmp_path / "agent.log").read_text()
+            FIGURES["first_verified_result_s"] = first
+            snap = collector.snapshot()
+            assert snap.rejected == {}, snap.rejected
+            assert snap.labels_by_device[DEVICE]
+            agent.send_signal(signal.SIGTERM)
+            assert agent.wait(timeout=15) == 0
+            agent_log.close()
+        with Registry(home.registry_db) as reg:
+            # enrolled through the claim: the key is bound, the token retired
+            assert reg.device_key(DEVICE) is not None
+            assert reg.claim_token(DEVICE) is None
+        key_file = state / "device.key"
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        key_before = key_file.read_bytes()
+
+        # idempotent: installing again keeps the state (the device key) and succeeds
+        again = _install(bundle_dir, "--prefix", str(prefix), "--no-systemd")
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert key_file.read_bytes() == key_before
+        # uninstall keeps the state unless --purge
+        gone = _install(bundle_dir, "--prefix", str(prefix), "--uninstall")
+        assert gone.returncode == 0, gone.stderr
+        assert not (prefix / "opt" / "edgeseal").exists()
+        assert not etc.exists()
+        assert key_file.read_bytes() == key_before
+        purged = _install(bundle_dir, "--prefix", str(prefix), "--uninstall", "--purge")
+        assert purged.returncode == 0, purged.stderr
+        assert not state.exists()
+    finally:
+        if agent is not None and agent.poll() is None:
+            agent.kill()
+            agent.wait()
+        sim.stop()
+    print(f"\nflash figures: {json.dumps({k: round(v, 2) for k, v in FIGURES.items()})}")
+
+
+def _tamper_cases() -> list[str]:
+    return [
+        "flip a byte of the agent config",
+        "flip a byte of a dependency wheel",
+        "append to install.sh",
+        "replace the edgeseal wheel",
+        "add a file",
+        "remove the claim token",
+        "make a secret world-readable",
+        "rewrite manifest and sums consistently (pinned)",
+    ]
+
+
+@pytest.mark.parametrize("case", _tamper_cases())
+def test_a_tampered_bundle_is_refused_and_nothing_is_installed(
+    built: Built, tmp_path: Path, case: str
+) -> None:
+    import hashlib
+
+    bundle_dir = _unpack(built.bundle, tmp_path / "unpacked")
+    pin = hashlib.sha256((bundle_dir / "MANIFEST.json").read_bytes()).hexdigest()
+    args = ["--prefix", str(tmp_path / "root"), "--no-systemd"]
+
+    def flip(p: Path, at: int = 100) -> None:
+        data = bytearray(p.read_bytes())
+        data[min(at, len(data) - 1)] ^= 0x01
+        p.write_bytes(bytes(data))
+
+    if case.startswith("flip a byte of the agent"):
+        flip(bundle_dir / "config" / "agent.toml")
+    elif case.startswith("flip a byte of a dependency"):
+        flip(next((bundle_dir / "wheels").glob("paho_mqtt-*.whl")), 5000)
+    elif case.startswith("append"):
+        with (bundle_dir / "install.sh").open("a") as f:
+            f.write("\necho pwned\n")
+    elif case.startswith("replace the edgeseal"):
+        wheel = next((bundle_dir / "wheels").glob("edgeseal-*.whl"))
+        wheel.write_bytes(wheel.read_bytes()[:-10] + b"0123456789")
+    elif case.startswith("add"):
+        (bundle_dir / "wheels" / "evil-1.0-py3-none-any.whl").write_bytes(b"PK\x05\x06" + bytes(18))
+    elif case.startswith("remove"):
+        (bundle_dir / "config" / "claim.token").unlink()
+    elif case.startswith("make a secret"):
+        (bundle_dir / "config" / "mqtt.pass").chmod(0o644)
+    else:
+        # An attacker who rewrites the file, the manifest and SHA256SUMS together is caught by the pin.
+        from fleet_cli.flash import render_sha256sums
+
+        toml = bundle_dir / "config" / "agent.toml"
+        toml.write_text(toml.read_text().replace('delivery = "fleet-ack"', 'delivery = "broker-ack"'))
+        doc = _manifest(bundle_dir)
+        import blake3
+
+        for e in doc["files"]:  # type: ignore[attr-defined]
+            if e["path"] == "config/agent.toml":
+                data = toml.read_bytes()
+                e.update(size=len(data), sha256=hashlib.sha256(data).hexdigest(),
+                         blake3=blake3.blake3(data).hexdigest())  # fmt: skip
+        raw = (json.dumps(doc, indent=2) + "\n").encode()
+        (bundle_dir / "MANIFEST.json").write_bytes(raw)
+        (bundle_dir / "SHA256SUMS").write_bytes(render_sha256sums(raw))
+        # unpinned, the consistent rewrite passes verification (no secret to sign with on the device) ...
+        check = subprocess.run(
+            [sys.executable, str(bundle_dir / "verify.py"), "--bundle", str(bundle_dir)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert check.returncode == 0, check.stderr
+        args += ["--manifest-sha256", pin]  # ... the operator's pin is what stops it
+    done = _install(bundle_dir, *args)
+    assert done.returncode != 0, done.stdout
+    assert "nothing installed" in done.stderr or "refused" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    root = tmp_path / "root"
+    assert not (root / "opt").exists()
+    assert not (root / "etc").exists()
+    assert not (root / "var").exists()
+
+
+def test_a_system_install_needs_root_and_options_are_checked(built: Built, tmp_path: Path) -> None:
+    bundle_dir = _unpack(built.bundle, tmp_path / "unpacked")
+    bad = _install(bundle_dir, "--frobnicate")
+    assert bad.returncode != 0
+    assert "unknown option --frobnicate" in bad.stderr
+    purge = _install(bundle_dir, "--purge")
+    assert purge.returncode != 0
+    assert "--purge only goes with --uninstall" in purge.stderr
+    if os.geteuid() != 0:
+        done = _install(bundle_dir)
+        assert done.returncode != 0
+        assert "needs root" in done.stderr
+
+
+# -- aarch64 ------------------------------------------------------------------------------------------
+
+
+def test_aarch64_offline_bundle_carries_aarch64_wheels_and_refuses_this_host(
+    built: Built, tmp_path: Path
+) -> None:
+    out = tmp_path / "dev-01-aarch64.tar.gz"
+    code, _stdout, err = _flash(
+        DEVICE, "--home", str(built.home.root), "--bundle", str(out), "--offline",
+        "--platform", "linux-aarch64", "--wheel", str(built.wheel),
+    )  # fmt: skip
+    assert code == 0, err
+    FIGURES["bundle_aarch64_offline_mib"] = out.stat().st_size / 2**20
+    bundle_dir = _unpack(out, tmp_path / "unpacked")
+    manifest = _manifest(bundle_dir)
+    target = manifest["target"]
+    assert isinstance(target, dict)
+    assert (target["platform"], target["machine"], target["python"], target["abi"]) == (
+        "linux-aarch64", "aarch64", "3.11", "cp311",
+    )  # fmt: skip
+    wheels = sorted(p.name for p in (bundle_dir / "wheels").iterdir())
+    names = {w.split("-")[0].lower() for w in wheels}
+    assert {"edgeseal", "paho_mqtt", "blake3", "pynacl", "cbor2", "pyserial", "cobs", "numpy"} <= names
+    assert "ai_edge_litert" in names
+    assert not names & {"typer", "rich", "cryptography", "amqtt", "prometheus_client"}
+    compiled = [w for w in wheels if wheel_tags(w)[2] != "any"]
+    assert compiled, wheels
+    for w in compiled:
+        plats = wheel_tags(w)[2].split(".")
+        assert all(p.endswith("_aarch64") for p in plats), w
+        assert wheel_tags(w)[0] in ("cp311", "cp38", "cp39", "cp310") or "abi3" in w, w
+    check_wheel_tags(wheels, _aarch64_target())
+    # The installer refuses it on this (x86_64) machine before installing anything.
+    if os.uname().machine != "aarch64":
+        done = _install(bundle_dir, "--prefix", str(tmp_path / "root"), "--no-systemd")
+        assert done.returncode != 0
+        assert "for aarch64 machines" in done.stderr
+        assert not (tmp_path / "root" / "opt").exists()
+
+
+def _aarch64_target() -> object:
+    from fleet_cli.flash import Arch, Target
+
+    return Target(arch=Arch.AARCH64)
+
+
+def test_bundle_without_offline_is_small_and_has_only_the_edgeseal_wheel(
+    built: Built, tmp_path: Path
+) -> None:
+    out = tmp_path / "online.tar.gz"
+    code, _, err = _flash(
+        DEVICE, "--home", str(built.home.root), "--bundle", str(out), "--wheel", str(built.wheel)
+    )
+    assert code == 0, err
+    FIGURES["bundle_online_kib"] = out.stat().st_size / 1024
+    with tarfile.open(out) as tar:
+        wheels = [m.name for m in tar.getmembers() if "/wheels/" in m.name]
+        modes = {m.name.split("/", 1)[-1]: m.mode for m in tar.getmembers()}
+    assert len(wheels) == 1
+    assert wheels[0].startswith(f"{TOP}/wheels/edgeseal-")
+    assert modes["config/mqtt.pass"] == 0o600
+    assert out.stat().st_mode & 0o777 == 0o600
+
+
+# -- SSH ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sshd:
+    port: int
+    key: Path
+    known_hosts: Path
+    process: subprocess.Popen[bytes]
+
+
+def _sshd_binary() -> str | None:
+    found = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
+    if found is None or shutil.which("ssh") is None or shutil.which("scp") is None:
+        return None
+    return found
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
+    binary = _sshd_binary()
+    if binary is None:
+        pytest.skip("OpenSSH server/client not installed (sh tools/ensure-sshd.sh installs them)")
+    d = tmp_path_factory.mktemp("sshd")
+    for name in ("host", "client"):
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(d / name)], check=True
+        )
+    (d / "authorized_keys").write_text((d / "client.pub").read_text())
+    port = free_port()
+    (d / "sshd_config").write_text(
+        "\n".join(
+            [
+                f"Port {port}",
+                "ListenAddress 127.0.0.1",
+                f"HostKey {d / 'host'}",
+                f"PidFile {d / 'sshd.pid'}",
+                f"AuthorizedKeysFile {d / 'authorized_keys'}",
+                "PubkeyAuthentication yes",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "PermitRootLogin prohibit-password",
+                "StrictModes no",
+                "UsePAM no",
+                "Subsystem sftp internal-sftp",
+                "LogLevel ERROR",
+                "",
+            ]
+        )
+    )
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
+    proc = subprocess.Popen([binary, "-D", "-e", "-f", str(d / "sshd_config")], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            break
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.05)
+    host_pub = (d / "host.pub").read_text().split()
+    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
+    try:
+        yield Sshd(port, d / "client", d / "known_hosts", proc)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def _ssh_args(sshd: Sshd, user: str = "") -> list[str]:
+    user = (
+        user
+        or os.environ.get("USER")
+        or subprocess.run(["id", "-un"], capture_output=True, text=True, check=True).stdout.strip()
+    )
+    return [
+        "--ssh", f"{user}@127.0.0.1:{sshd.port}",
+        "-i", str(sshd.key),
+        "-o", f"UserKnownHostsFile={sshd.known_hosts}",
+        "-o", "StrictHostKeyChecking=yes",
+    ]  # fmt: skip
+
+
+def test_ssh_install_into_a_remote_prefix_streams_the_installer(
+    built: Built, sshd: Sshd, tmp_path: Path
+) -> None:
+    remote = tmp_path / "remote-root"
+    code, out, err = _flash(
+        DEVICE, "--home", str(built.home.root), "--offline", "--wheel", str(built.wheel),
+        "--remote-prefix", str(remote), *_ssh_args(sshd),
+    )  # fmt: skip
+    assert code == 0, out + err
+    assert "installing from the bundled wheels (no network)" in out  # the installer's output, streamed
+    assert f"installed {DEVICE} on 127.0.0.1" in out
+    assert (remote / "etc" / "edgeseal" / "agent.toml").is_file()
+    assert (remote / "etc" / "edgeseal" / "mqtt.pass").stat().st_mode & 0o777 == 0o600
+    assert (remote / "opt" / "edgeseal" / "venv" / "bin" / "edge-agent").is_file()
+    # the private directory on the remote side is gone
+    assert not list(Path("/tmp").glob("edgeseal-flash-*/bundle.tar.gz"))
+
+
+def test_ssh_dry_run_prints_the_commands(built: Built, sshd: Sshd, tmp_path: Path) -> None:
+    code, out, err = _flash(
+        DEVICE, "--home", str(built.home.root), "--wheel", str(built.wheel), "--dry-run",
+        "--remote-prefix", str(tmp_path / "never"), *_ssh_args(sshd),
+    )  # fmt: skip
+    assert code == 0, err
+    lines = [ln for ln in out.splitlines() if ln.startswith(("ssh ", "scp "))]
+    assert len(lines) == 3
+    assert all("BatchMode=yes" in ln and "ConnectTimeout=" in ln for ln in lines)
+    assert f"-p {sshd.port}" in lines[0]
+    assert f"-P {sshd.port}" in lines[1]
+    assert "install.sh --manifest-sha256" in lines[2]
+    assert not (tmp_path / "never").exists()
+
+
+def test_ssh_errors_are_one_line(built: Built, sshd: Sshd, tmp_path: Path) -> None:
+    base = [DEVICE, "--home", str(built.home.root), "--wheel", str(built.wheel)]
+    # nobody listens on this port
+    closed = free_port()
+    code, _, err = _flash(*base, "--ssh", f"root@127.0.0.1:{closed}", "-o", "StrictHostKeyChecking=no")
+    assert code == 1
+    assert _error(err).startswith(f"error: cannot reach 127.0.0.1:{closed}"), err
+    assert "Traceback" not in err
+    # a key the server does not know
+    stranger = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+    args = _ssh_args(sshd)
+    args[args.index("-i") + 1] = str(stranger)
+    code, _, err = _flash(*base, *args)
+    assert code == 1
+    assert "error: authentication to" in err, err
+    assert "hint:" in err, err
+    # an unknown host key with strict checking
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    args = _ssh_args(sshd)
+    args[args.index(f"UserKnownHostsFile={sshd.known_hosts}")] = f"UserKnownHostsFile={empty}"
+    code, _, err = _flash(*base, *args)
+    assert code == 1
+    assert "host key" in _error(err), err
+    # a failing installer: the remote prefix is a file
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code, out, err = _flash(*base, "--remote-prefix", str(blocker / "sub"), *_ssh_args(sshd))
+    assert code == 1
+    assert "error: the installer failed on 127.0.0.1 (exit status" in err, out + err
+
+
+# -- boot partition -----------------------------------------------------------------------------------
+
+
+def test_boot_writes_bundle_and_cloud_init_hook_and_never_overwrites_user_data(
+    built: Built, tmp_path: Path
+) -> None:
+    import yaml
+
+    boot = tmp_path / "bootfs"
+    boot.mkdir()
+    (boot / "config.txt").write_text("arm_64bit=1\n")
+    (boot / "cmdline.txt").write_text("console=serial0,115200 root=PARTUUID=x rootwait\n")
+    base = [DEVICE, "--home", str(built.home.root), "--wheel", str(built.wheel)]
+    code, _out, err = _flash(*base, "--boot", str(boot))
+    assert code == 0, err
+    bundle = boot / "edgeseal" / f"{DEVICE}.tar.gz"
+    assert bundle.is_file()
+    doc = yaml.safe_load((boot / "user-data").read_text())
+    assert (boot / "user-data").read_text().startswith("#cloud-config\n")
+    (cmd,) = doc["runcmd"]
+    assert cmd[:2] == ["sh", "-c"]
+    script = cmd[2]
+    assert "/boot/firmware /boot" in script
+    assert f'{TOP}/install.sh" --manifest-sha256' in script
+    assert 'rm -f "$B"' in script  # the secrets leave the FAT partition once installed
+    assert subprocess.run(["sh", "-n", "-c", script], check=False).returncode == 0
+    pin = script.split("--manifest-sha256 ")[1].split(";")[0]
+    with tarfile.open(bundle) as tar:
+        member = tar.extractfile(f"{TOP}/MANIFEST.json")
+        assert member is not None
+        import hashlib
+
+        assert hashlib.sha256(member.read()).hexdigest() == pin
+    assert (boot / "meta-data").read_text().startswith("instance-id: edgeseal-dev-01-")
+    # existing user-data: refused, untouched
+    (boot / "user-data").write_text("#cloud-config\nusers: []\n")
+    (boot / "meta-data").write_text("instance-id: imager\n")
+    code, _, err = _flash(*base, "--boot", str(boot))
+    assert code == 2
+    assert _error(err).startswith(f"error: {boot / 'user-data'} exists already"), err
+    assert "hint: --force" in err
+    assert (boot / "user-data").read_text() == "#cloud-config\nusers: []\n"
+    code, _, err = _flash(*base, "--boot", str(boot), "--force")
+    assert code == 0, err
+    assert "runcmd" in (boot / "user-data").read_text()
+    assert (boot / "meta-data").read_text() == "instance-id: imager\n"  # never overwritten
+    # not a boot partition
+    other = tmp_path / "empty"
+    other.mkdir()
+    code, _, err = _flash(*base, "--boot", str(other))
+    assert code == 2
+    assert "does not look like a Raspberry Pi boot partition" in err
+
+
+def test_cli_usage_errors(built: Built, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    home = ["--home", str(built.home.root)]
+    assert fleet_main(["flash", DEVICE, *home]) == 2
+    assert "say where the bundle goes" in capsys.readouterr().err
+    assert (
+        fleet_main(["flash", "nope", *home, "--bundle", str(tmp_path / "x.tgz"), "--wheel", str(built.wheel)])
+        == 1
+    )
+    assert "no device named 'nope'" in capsys.readouterr().err
+    assert fleet_main(["flash", DEVICE, *home, "--ssh", "no-user-here", "--wheel", str(built.wheel)]) == 2
+    assert "USER@HOST[:PORT]" in capsys.readouterr().err
+    assert (
+        fleet_main(["flash", DEVICE, *home, "--bundle", str(tmp_path / "x.tgz"), "--wheel", str(tmp_path)])
+        == 2
+    )
+    assert "is not an edgeseal wheel" in capsys.readouterr().err
+    bad_py = ["--platform", "linux-aarch64", "--python", "3.9", "--bundle", str(tmp_path / "y.tgz")]
+    assert fleet_main(["flash", DEVICE, *home, *bad_py]) == 2
+    assert "too old" in capsys.readouterr().err
