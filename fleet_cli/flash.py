@@ -390,7 +390,6 @@ def render_unit(device: str, serial_port: str) -> str:
         "# edgeseal agent, written by `fleet flash` (docs/flash.md).",
         "[Unit]",
         f"Description=edgeseal agent for device {device}: serial sensors -> TFLite -> signed results",
-        "Documentation=file:///opt/edgeseal/README",
         "Wants=network-online.target",
         "After=network-online.target time-sync.target",
         "StartLimitIntervalSec=300",
