@@ -5,9 +5,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PKGS   := edge_protocol edge_agent firmware_bridge broker_config fleet_cli
 
-.PHONY: test demo venv mosquitto lint typecheck pytest tflite-runtime bench clean
+.PHONY: test demo venv mosquitto sshd lint typecheck pytest tflite-runtime bench clean
 
-test: venv mosquitto lint typecheck pytest tflite-runtime
+test: venv mosquitto sshd lint typecheck pytest tflite-runtime
 
 demo: venv mosquitto
 	$(BIN)/fleet demo
@@ -21,6 +21,10 @@ $(VENV)/.installed: pyproject.toml
 
 mosquitto:
 	@sh tools/ensure-mosquitto.sh
+
+# The `fleet flash --ssh` tests start their own sshd on a free loopback port.
+sshd:
+	@sh tools/ensure-sshd.sh
 
 lint:
 	$(BIN)/ruff check $(PKGS) tests bench tools
