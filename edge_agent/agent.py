@@ -285,12 +285,29 @@ class Agent:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    def healthy(self) -> bool:
+        """The threads the agent needs are alive: its MQTT session and every serial reader."""
+        session_ok = self.session is not None and self.session.alive()
+        return session_ok and all(r.thread is not None and r.thread.is_alive() for r in self._readers)
+
     def run(self) -> None:
         """The control loop: commands and heartbeats until a stop is requested; then a clean stop."""
+        from edge_agent.watchdog import Notifier
+
+        notifier = Notifier()
+        notifier.ready(f"device {self.cfg.device.id} boot {self.boot}: {len(self._pipelines)} pipelines")
+        wd = notifier.watchdog_interval_s
+        next_wd = time.monotonic() if wd is not None else float("inf")
         next_hb = time.monotonic() + (self.cfg.heartbeat_s or float("inf"))
         try:
             while not self._stop.is_set():
-                timeout = max(0.0, min(next_hb - time.monotonic(), 1.0))
+                if wd is not None and time.monotonic() >= next_wd:
+                    next_wd = time.monotonic() + wd
+                    if self.healthy():
+                        notifier.watchdog()
+                    else:
+                        log.error("a session or reader thread died: no watchdog ping (systemd restarts us)")
+                timeout = max(0.0, min(next_hb - time.monotonic(), next_wd - time.monotonic(), 1.0))
                 try:
                     item = self._control.get(timeout=timeout)
                 except queue.Empty:
@@ -301,7 +318,9 @@ class Agent:
                     next_hb = time.monotonic() + self.cfg.heartbeat_s
                     self._publish([self.heartbeat_draft()])
         finally:
+            notifier.stopping()
             self.shutdown()
+            notifier.close()
 
     def shutdown(self) -> None:
         """Stop readers, flush and say offline, close the outbox. Idempotent."""

@@ -209,6 +209,10 @@ class Session:
         self._thread = threading.Thread(target=self._run, name="edge-agent-mqtt", daemon=True)
         self._thread.start()
 
+    def alive(self) -> bool:
+        """The session thread runs (it reconnects by itself; it only ends on stop or a bug)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def notify(self, entries: list[Entry]) -> None:
         """New entries were committed to the outbox: publish them soon (thread-safe, never blocks)."""
         self._fresh.extend(entries)

@@ -384,8 +384,9 @@ def device_allow(serial_port: str) -> list[str]:
 
 
 def render_unit(device: str, serial_port: str) -> str:
-    """The hardened systemd unit. ``Type=simple``: the agent does not speak sd_notify yet, so there is
-    no ``WatchdogSec=`` (a watchdog without notifications would kill a healthy agent)."""
+    """The hardened systemd unit. ``Type=notify`` with a watchdog: the agent sends READY=1 once started
+    and WATCHDOG=1 only while its MQTT session and serial reader threads are alive
+    (edge_agent/watchdog.py), so systemd restarts a wedged agent."""
     lines = [
         "# edgeseal agent, written by `fleet flash` (docs/flash.md).",
         "[Unit]",
@@ -396,7 +397,10 @@ def render_unit(device: str, serial_port: str) -> str:
         "StartLimitBurst=10",
         "",
         "[Service]",
-        "Type=simple",
+        "Type=notify",
+        "NotifyAccess=main",
+        "# The agent pings every WatchdogSec/2 while healthy; silence for 30 s means wedged: restart.",
+        "WatchdogSec=30",
         f"User={SYSTEM_USER}",
         f"Group={SYSTEM_USER}",
         "SupplementaryGroups=dialout",

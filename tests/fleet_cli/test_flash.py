@@ -201,7 +201,9 @@ def test_agent_settings_limits() -> None:
 def test_unit_is_hardened_and_allows_only_the_serial_device(tmp_path: Path) -> None:
     text = render_unit("dev-01", "/dev/ttyACM0")
     for line in (
-        "Type=simple",
+        "Type=notify",
+        "NotifyAccess=main",
+        "WatchdogSec=30",
         "User=edgeseal",
         "SupplementaryGroups=dialout",
         "Restart=on-failure",
@@ -216,7 +218,6 @@ def test_unit_is_hardened_and_allows_only_the_serial_device(tmp_path: Path) -> N
     ):
         assert line in text.splitlines(), line
     assert "PrivateDevices" not in text.replace("# PrivateDevices= stays off", "")
-    assert "WatchdogSec" not in text  # the agent does not send sd_notify keep-alives (yet)
     assert flash.device_allow("/dev/ttyUSB1") == ["DeviceAllow=char-ttyUSB rw"]
     assert flash.device_allow("/dev/ttyAMA0") == ["DeviceAllow=char-ttyAMA rw"]
     assert flash.device_allow("/dev/ttyS0") == ["DeviceAllow=char-ttyS rw"]
