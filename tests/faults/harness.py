@@ -369,6 +369,7 @@ class Audit:
     sealed: int = 0  # seqs the device sealed, over every boot
     stored: int = 0  # of those, stored by the collector
     gapped: int = 0  # of those, not stored but inside a device-signed gap record
+    pending: int = 0  # of those, neither stored nor gapped but still in the device's durable outbox
     lost: list[tuple[int, int]] = field(default_factory=list)
     duplicates: int = 0  # (dev, boot, seq) stored twice, or one msg_id stored under two seqs
     unexpected: int = 0  # stored seqs outside what the device sealed
@@ -381,7 +382,8 @@ class Audit:
     def line(self) -> str:
         return (
             f"sealed {self.sealed}, stored {self.stored}, in signed gaps {self.gapped},"
-            f" lost {len(self.lost)}, duplicates stored {self.duplicates}, boots {len(self.boots)}"
+            f" still in the outbox {self.pending}, lost {len(self.lost)},"
+            f" duplicates stored {self.duplicates}, boots {len(self.boots)}"
         )
 
 
@@ -391,6 +393,7 @@ def audit(store: Path, dev: str, state: Path) -> Audit:
     a = Audit(dev)
     with contextlib.closing(sqlite3.connect(state / "outbox.sqlite", timeout=5)) as ob:
         head = ob.execute("SELECT boot, seq, msg_id FROM head").fetchone()
+        in_outbox = {(int(b), int(s)) for b, s in ob.execute("SELECT boot, seq FROM entries")}
     with contextlib.closing(sqlite3.connect(store, timeout=5)) as db:
         rows = db.execute("SELECT boot, seq, msg_id, prev FROM messages WHERE dev = ?", (dev,)).fetchall()
         gaps = db.execute(
@@ -443,6 +446,8 @@ def audit(store: Path, dev: str, state: Path) -> Audit:
             a.stored += 1
         elif key in covered:
             a.gapped += 1
+        elif key in in_outbox:
+            a.pending += 1  # durable on the device, sent on its next start: not lost
         else:
             a.lost.append(key)
     a.unexpected = len(set(msgs) - sealed)
