@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from edge_protocol.envelope import Verdict
 
 ZERO_ID = bytes(32)
-# How many boots' missing-seq bookkeeping one device may hold; a device cannot grow it without bound.
+# Spans of missing seqs one boot may hold (one per out-of-order hole); a device cannot grow it without bound.
 MAX_PENDING_GAPS_PER_DEVICE = 100_000
 
 Recall = Callable[[str, int, int], tuple[bytes, bytes] | None]
@@ -83,17 +83,54 @@ class Head:
     msg_id: bytes
 
 
+Span = tuple[int, int]  # an inclusive range of seqs
+
+
+def _in_spans(spans: list[Span], seq: int) -> Span | None:
+    for lo, hi in spans:
+        if lo <= seq <= hi:
+            return (lo, hi)
+    return None
+
+
+def _subtract(spans: list[Span], lo: int, hi: int) -> list[Span]:
+    """``spans`` without the seqs ``lo..hi``."""
+    out: list[Span] = []
+    for a, b in spans:
+        if b < lo or a > hi:
+            out.append((a, b))
+            continue
+        if a < lo:
+            out.append((a, lo - 1))
+        if b > hi:
+            out.append((hi + 1, b))
+    return out
+
+
 @dataclass
 class _Boot:
+    """One boot of one device. Missing, covered and reported seqs are kept as spans, never one entry
+    per seq, so that a (signed, but hostile) jump of seq by 2^40 costs one span, not memory or time."""
+
     seen: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # seq -> (msg_id, prev)
     head: int = -1  # contiguous: every seq <= head is seen, covered by a gap record, or reported
     head_id: bytes | None = None
     top: int = -1  # highest seq seen
-    covered: set[int] = field(default_factory=set)  # seqs the device itself reported dropped
-    reported: set[int] = field(default_factory=set)  # seqs reported as GAP by the timeout
-    missing_since: dict[int, float] = field(default_factory=dict)
+    covered: list[Span] = field(default_factory=list)  # seqs the device itself reported dropped
+    reported: list[Span] = field(default_factory=list)  # seqs reported as GAP by the timeout
+    missing: dict[Span, float] = field(default_factory=dict)  # span of missing seqs -> noticed at
     floor: int = -1  # seqs <= floor may be absent from `seen` (restored or pruned): ask recall
     floor_id: bytes | None = None  # msg_id at seq == floor when it came from a restored head
+
+    def unmiss(self, lo: int, hi: int) -> None:
+        """Seqs ``lo..hi`` are no longer missing (arrived, or covered by a gap record)."""
+        if not self.missing:
+            return
+        kept: dict[Span, float] = {}
+        for (a, b), since in self.missing.items():
+            for span in _subtract([(a, b)], lo, hi):
+                kept[span] = since
+        self.missing = kept
 
 
 @dataclass
@@ -172,8 +209,11 @@ class ChainVerifier:
             return self._recall(dev, boot, seq)
         return None
 
-    def observe(self, link: Link, now: float, gap: tuple[int, int] | None = None) -> Decision:
-        """Decide one device message. ``gap`` is the (from, to) of a device-signed gap record it carries."""
+    def observe(
+        self, link: Link, now: float, gap: tuple[int, int] | tuple[int, int, int] | None = None
+    ) -> Decision:
+        """Decide one device message. ``gap``: the ``(from, to)`` or ``(boot, from, to)`` of the
+        device-signed gap record the message carries (see :meth:`_cover`)."""
         d = self._device(link.dev)
         b = d.boots.get(link.boot)
 
@@ -193,29 +233,42 @@ class ChainVerifier:
 
         if b is None:
             b = d.boots[link.boot] = _Boot()
-        late = link.seq in b.reported
+        late = _in_spans(b.reported, link.seq) is not None
         b.seen[link.seq] = (link.msg_id, link.prev)
         d.by_id[link.msg_id] = (link.boot, link.seq)
-        b.missing_since.pop(link.seq, None)
-        if gap is not None:
-            lo, hi = gap
-            for s in range(max(lo, 0), min(hi, link.seq - 1) + 1):
-                if s not in b.seen:
-                    b.covered.add(s)
-                    b.missing_since.pop(s, None)
+        b.unmiss(link.seq, link.seq)
         if link.seq > b.top:
-            for s in range(b.top + 1, link.seq):
-                if (
-                    s not in b.seen
-                    and s not in b.covered
-                    and len(b.missing_since) < MAX_PENDING_GAPS_PER_DEVICE
-                ):
-                    b.missing_since.setdefault(s, now)
+            if link.seq > b.top + 1 and len(b.missing) < MAX_PENDING_GAPS_PER_DEVICE:
+                b.missing[(b.top + 1, link.seq - 1)] = now
             b.top = link.seq
+        if gap is not None:
+            self._cover(d, link, gap)
         self._advance(b)
         if self._keep is not None and len(b.seen) > 2 * self._keep + 16:
             self._prune(d, b)
         return Decision(Verdict.ACCEPTED, late=late)
+
+    def _cover(self, d: _Device, link: Link, gap: tuple[int, int] | tuple[int, int, int]) -> None:
+        """Record a device-signed gap: ``(from, to)`` of the record's own boot, or ``(boot, from, to)``
+        for seqs of an earlier boot that the device dropped after restarting (its outbox kept them
+        across the restart, then overflowed). A record never covers its own seq or later ones."""
+        if len(gap) == 3:
+            boot, lo, hi = gap
+        else:
+            boot, (lo, hi) = link.boot, gap
+        if boot > link.boot or lo > hi:
+            return
+        if boot == link.boot:
+            hi = min(hi, link.seq - 1)
+        lo = max(lo, 0)
+        if lo > hi:
+            return
+        b = d.boots.get(boot)
+        if b is None:
+            b = d.boots[boot] = _Boot()
+        b.covered.append((lo, hi))
+        b.unmiss(lo, hi)
+        self._advance(b)
 
     def _prune(self, d: _Device, b: _Boot) -> None:
         """Forget seqs well below the contiguous head; ``recall`` answers for them from now on."""
@@ -224,8 +277,8 @@ class ChainVerifier:
         for s in [s for s in b.seen if s < cut]:
             mid = b.seen.pop(s)[0]
             d.by_id.pop(mid, None)
-        b.covered = {s for s in b.covered if s >= cut}
-        b.reported = {s for s in b.reported if s >= cut}
+        b.covered = [(lo, hi) for lo, hi in b.covered if hi >= cut]
+        b.reported = [(lo, hi) for lo, hi in b.reported if hi >= cut]
         if cut - 1 > b.floor:
             b.floor, b.floor_id = cut - 1, None
 
@@ -251,8 +304,14 @@ class ChainVerifier:
     @staticmethod
     def _advance(b: _Boot) -> None:
         s = b.head + 1
-        while s in b.seen or s in b.covered or s in b.reported:
-            s += 1
+        while True:
+            if s in b.seen:
+                s += 1
+                continue
+            span = _in_spans(b.covered, s) or _in_spans(b.reported, s)
+            if span is None:
+                break
+            s = span[1] + 1
         if s - 1 != b.head:
             b.head = s - 1
             hit = b.seen.get(b.head)
@@ -264,23 +323,23 @@ class ChainVerifier:
         for dev, d in self._devices.items():
             for boot in sorted(d.boots):
                 b = d.boots[boot]
-                due = sorted(s for s, t0 in b.missing_since.items() if now - t0 >= self.reorder_timeout_s)
+                due = sorted(span for span, t0 in b.missing.items() if now - t0 >= self.reorder_timeout_s)
                 if not due:
                     continue
-                for s in due:
-                    del b.missing_since[s]
-                    b.reported.add(s)
-                start = prev = due[0]
-                for s in due[1:]:
-                    if s != prev + 1:
-                        reports.append(GapReport(dev, boot, start, prev))
-                        start = s
-                    prev = s
-                reports.append(GapReport(dev, boot, start, prev))
+                for span in due:
+                    del b.missing[span]
+                    remaining = [span]
+                    for lo, hi in b.covered:
+                        remaining = _subtract(remaining, lo, hi)
+                    for lo, hi in remaining:
+                        b.reported.append((lo, hi))
+                        reports.append(GapReport(dev, boot, lo, hi))
                 self._advance(b)
         return reports
 
     def pending(self, dev: str) -> int:
         """How many seqs of ``dev`` are missing but still within the reorder timeout."""
         d = self._devices.get(dev)
-        return sum(len(b.missing_since) for b in d.boots.values()) if d else 0
+        if d is None:
+            return 0
+        return sum(hi - lo + 1 for b in d.boots.values() for lo, hi in b.missing)

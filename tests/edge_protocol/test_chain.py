@@ -181,3 +181,46 @@ def test_pruning_needs_recall() -> None:
 
     with pytest.raises(ValueError, match="recall"):
         ChainVerifier(keep_recent=10)
+
+
+def test_huge_seq_jump_is_one_span_not_memory() -> None:
+    """A signed (but hostile) jump of seq by 2^40 costs one span: no per-seq memory or time."""
+    v = ChainVerifier(reorder_timeout_s=1)
+    chain = make_chain("d", [2])
+    feed(v, chain)
+    far = Link("d", 1, 2**40, b"\x01" * 32, b"\x02" * 32)
+    assert v.observe(far, 0).verdict is Verdict.ACCEPTED
+    assert v.pending("d") == 2**40 - 2
+    assert len(v._devices["d"].boots[1].missing) == 1  # one span, whatever its length
+    assert v.observe(Link("d", 1, 2**40 + 1, far.msg_id, b"\x03" * 32), 0, gap=(0, 2**40)).verdict is (
+        Verdict.ACCEPTED
+    )
+    assert v.expire(10) == []  # the device's own gap record covers the whole span
+    assert v.pending("d") == 0
+    assert v.heads("d")[0].seq == 2**40 + 1
+
+
+def test_gap_record_for_an_earlier_boot() -> None:
+    """Boot 1 sealed seqs 0..5, the outbox dropped 3..5 after a restart; boot 2's gap record says so."""
+    v = ChainVerifier(reorder_timeout_s=1)
+    chain = make_chain("d", [6, 2])
+    feed(v, chain[:3])  # boot 1 seqs 0..2 arrive
+    birth2, gap2 = chain[6], chain[7]
+    assert v.observe(birth2, 0).verdict is Verdict.ACCEPTED
+    assert v.observe(gap2, 0, gap=(1, 3, 5)).verdict is Verdict.ACCEPTED
+    assert v.expire(100) == []
+    assert [h.seq for h in v.heads("d")] == [5, 1]
+    # a record cannot cover a later boot, nor its own seq
+    v2 = ChainVerifier(reorder_timeout_s=1)
+    feed(v2, chain[:1])
+    v2.observe(chain[2], 0, gap=(2, 0, 10))
+    assert v2.expire(100) == [GapReport("d", 1, 1, 1)]
+
+
+def test_partially_covered_span_reports_the_rest() -> None:
+    v = ChainVerifier(reorder_timeout_s=1)
+    chain = make_chain("d", [10])
+    feed(v, [chain[0], chain[9]], now=0)  # 1..8 missing
+    v.observe(chain[5], 0)  # 5 arrives: 1..4 and 6..8 missing
+    v.observe(Link("d", 1, 10, chain[9].msg_id, b"\x07" * 32), 0, gap=(2, 3))
+    assert v.expire(5) == [GapReport("d", 1, 1, 1), GapReport("d", 1, 4, 4), GapReport("d", 1, 6, 8)]
