@@ -40,7 +40,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -56,11 +56,12 @@ from edge_protocol.envelope import (
     seal,
 )
 from edge_protocol.errors import InvalidTopic
-from edge_protocol.keys import Signer, Verifier, claim_tag
+from edge_protocol.keys import Signer, claim_tag
 from edge_protocol.payload import Key, Kind
 from edge_protocol.topics import (
     DEVICE_SIGNED,
     Channel,
+    DeviceTopic,
     agg_topic,
     device_topic,
     fleet_prefix,
@@ -68,11 +69,20 @@ from edge_protocol.topics import (
     verified_topic,
 )
 from fleet_cli.errors import FleetError
-from fleet_cli.mqtt import RECEIVE_MAXIMUM, MqttSettings, Received
+from fleet_cli.mqtt import RECEIVE_MAXIMUM, MqttSettings
 from fleet_cli.mqtt import Link as MqttLink
 from fleet_cli.mqtt import Protocol as MqttProtocol
 from fleet_cli.registry import ConflictError, NotFoundError, Registry
 from fleet_cli.store import Batch, Candidate, CommitResult, GapRange, Rejected, StateUpdate, Store
+from fleet_cli.verify_worker import (
+    Answer,
+    Item,
+    Verifiers,
+    VerifyPool,
+    check_opened,
+    jsonable,
+    verify_bound,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +112,22 @@ MAX_STATE_BYTES = 1024
 LATENCY_SAMPLES = 10_000
 # Window over which msgs/s is measured.
 RATE_WINDOW_S = 10.0
+# Signature checks and strict decoding run in this many worker processes (0: in the collector's own
+# worker thread). One is right for the 2-core target: paho's network thread and the store share one
+# core (one GIL), the signatures (~41 µs each with PyNaCl, the largest cost) get the other.
+VERIFY_WORKERS = 1
+# Messages sent to a verify worker at once. Big enough that the pickling and pipe round trip (~50 µs)
+# is ~1 µs per message; small next to Mosquitto's max_inflight_messages (100 in the rendered config)
+# so that verifying starts while the rest of the window is still arriving.
+CHUNK_MAX_MESSAGES = 64
+# Stopping: how long the worker waits for chunks still at the verify workers before it commits what
+# it has (what is not back by then is not PUBACKed, so the broker keeps it). Below stop()'s 5 s.
+STOP_DRAIN_S = 3.0
+# The chain verifier keeps this many seqs below each boot's contiguous head in memory; older ones are
+# looked up in the store when needed (a resend of an old message). Bounds the collector's memory for
+# a long-running fleet; 1024 is ~17 min of a device sending one message a second.
+CHAIN_KEEP_RECENT = 1024
 
-_CHANNEL_OF_KIND = {
-    Kind.BIRTH: Channel.BIRTH,
-    Kind.RESULT: Channel.RESULT,
-    Kind.HEARTBEAT: Channel.HEARTBEAT,
-    Kind.GAP: Channel.GAP,
-    Kind.REPLY: Channel.REPLY,
-}
 # Device channels the collector subscribes to (DESIGN §3); never cmd/ack, never _fleet/.
 SUBSCRIBED = (
     Channel.BIRTH.value,
@@ -150,6 +168,8 @@ class CollectorConfig:
     metrics_port: int | None = None
     metrics_addr: str = "127.0.0.1"
     receive_maximum: int = RECEIVE_MAXIMUM
+    verify_workers: int = VERIFY_WORKERS  # processes verifying signatures; 0 = in the worker thread
+    chain_keep_recent: int = CHAIN_KEEP_RECENT
 
     def __repr__(self) -> str:
         return (
@@ -235,38 +255,71 @@ class Duplicate:
 Outcome = Candidate | Rejected | Duplicate | StateUpdate
 
 
-def jsonable(value: Any) -> Any:
-    """CBOR values as JSON: bytes as hex, maps with text keys."""
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value).hex()
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    return value
-
-
 def _sanitize(text: str, limit: int = 80) -> str:
     """Device-supplied text made safe for a log line."""
     return "".join(c if c.isprintable() else "?" for c in text[:limit])
 
 
+@dataclass(frozen=True)
+class Route:
+    """A message that needs only :func:`~fleet_cli.verify_worker.verify_bound` before the chain: the
+    topic is a device channel of this fleet, the device is known, not revoked and has a bound key."""
+
+    dev: str
+    channel: str
+    pipe: str | None
+    key: bytes
+
+
+# How many parsed topics the intake remembers (a fleet has a handful of topics per device).
+TOPIC_CACHE = 65_536
+
+
 class Intake:
-    """Decides about one received message: the verification steps of the module docstring."""
+    """Decides about one received message: the verification steps of the module docstring.
+
+    :meth:`judge` does all of it in the calling thread. A collector with verify workers splits it:
+    :meth:`route` (cheap, in order) says whether the message can be verified elsewhere, the worker
+    runs :func:`~fleet_cli.verify_worker.verify_bound`, and :meth:`conclude` (in order) runs the chain.
+    """
 
     def __init__(self, fleet: str, directory: Directory, chain: ChainVerifier) -> None:
         self.fleet = fleet
         self.directory = directory
         self.chain = chain
-        self._verifiers: dict[str, Verifier] = {}
+        self._verifiers = Verifiers()
+        self._topics: dict[str, DeviceTopic] = {}
         self.late = 0
+
+    def _topic(self, topic: str) -> DeviceTopic:
+        """:func:`parse_topic`, remembered for valid topics (invalid ones are parsed again each time)."""
+        hit = self._topics.get(topic)
+        if hit is None:
+            hit = parse_topic(topic)
+            if len(self._topics) >= TOPIC_CACHE:
+                self._topics.clear()
+            self._topics[topic] = hit
+        return hit
+
+    def route(self, topic: str, payload: bytes) -> Route | None:
+        """The :class:`Route` of a message on the common path, or None: then :meth:`judge` decides it."""
+        try:
+            dt = self._topic(topic)
+        except InvalidTopic:
+            return None
+        if dt.fleet != self.fleet or len(payload) > MAX_ENVELOPE_BYTES or dt.channel not in DEVICE_SIGNED:
+            return None
+        entry = self.directory.entry(dt.dev)
+        if not entry.known or entry.revoked or entry.key is None:
+            return None
+        return Route(dt.dev, dt.channel.value, dt.pipe, entry.key)
 
     def judge(self, topic: str, payload: bytes, t_received: int, now: float) -> Outcome:
         def reject(verdict: Verdict, reason: str, dev: str | None = None) -> Rejected:
             return Rejected(topic, dev, verdict, reason, payload, t_received)
 
         try:
-            dt = parse_topic(topic)
+            dt = self._topic(topic)
         except InvalidTopic as e:
             return reject(Verdict.TOPIC_MISMATCH, str(e))
         dev = dt.dev
@@ -285,55 +338,55 @@ class Intake:
             return reject(Verdict.REVOKED, f"device {dev} is revoked", dev)
         if entry.key is None and not self._is_claim(payload):
             entry = self.directory.entry(dev, fresh=True)  # another collector may have bound it
-        enrol: bytes | None = None
+        if entry.key is not None:
+            item = (dev, dt.channel.value, dt.pipe, entry.key, payload)
+            answer = verify_bound(self.fleet, item, self._verifiers)
+            return self.conclude(topic, dev, answer, payload, t_received=t_received, now=now)
         try:
-            if entry.key is not None:
-                opened = self._open_bound(dev, entry.key, payload)
-            else:
-                opened, enrol = self._open_claim(dev, entry, payload)
+            opened, enrol = self._open_claim(dev, entry, payload)
         except EnvelopeError as e:
             return reject(e.verdict, e.reason, dev)
-        kind = opened.kind
-        if opened.dev != dev:
-            return reject(Verdict.TOPIC_MISMATCH, f"payload dev {opened.dev!r} on the topic of {dev!r}", dev)
-        if _CHANNEL_OF_KIND.get(kind) is not dt.channel:
-            return reject(
-                Verdict.TOPIC_MISMATCH, f"a {kind.name.lower()} on the {dt.channel.value} channel", dev
-            )
-        p = opened.payload
-        if kind is Kind.RESULT and p[Key.PIPE] != dt.pipe:
-            return reject(
-                Verdict.TOPIC_MISMATCH, f"result of pipe {p[Key.PIPE]!r} on the topic of {dt.pipe!r}", dev
-            )
-        if kind is Kind.BIRTH and entry.key is not None and p[Key.KEY] != entry.key:
-            return reject(Verdict.CLAIM_INVALID, "birth carries another key than the bound one", dev)
-        gap: tuple[int, int, str] | None = None
-        if kind is Kind.GAP:
-            gap = self._gap(p)
-            if gap is None:
-                return reject(
-                    Verdict.MALFORMED, "gap record without a valid {from, to} below its own seq", dev
-                )
-        boot, seq, prev = int(p[Key.BOOT]), int(p[Key.SEQ]), bytes(p[Key.PREV])
-        decision = self.chain.observe(
-            Link(dev, boot, seq, prev, opened.msg_id), now, gap[:2] if gap else None
-        )
-        if decision.verdict is Verdict.DUPLICATE:
+        answer = check_opened(opened, dev, dt.channel.value, dt.pipe, None)
+        return self.conclude(topic, dev, answer, payload, t_received=t_received, now=now, enrol=enrol)
+
+    def conclude(
+        self,
+        topic: str,
+        dev: str,
+        answer: Answer,
+        payload: bytes,
+        *,
+        t_received: int,
+        now: float,
+        enrol: bytes | None = None,
+    ) -> Outcome:
+        """The chain (and enrolment) for a message whose signature and payload were checked: ``answer``
+        is what :func:`~fleet_cli.verify_worker.verify_bound` or ``check_opened`` said about it."""
+        if len(answer) == 2:
+            return Rejected(topic, dev, Verdict(answer[0]), answer[1], payload, t_received)
+        (
+            kind, boot, seq, prev, msg_id, pipe, t_device, model, input_, out, label, score, info,
+            public_key, metrics, gap,
+        ) = answer  # fmt: skip
+        decision = self.chain.observe(Link(dev, boot, seq, prev, msg_id), now, gap[:2] if gap else None)
+        verdict = decision.verdict
+        if verdict is Verdict.DUPLICATE:
             return Duplicate(dev, boot)
-        if decision.verdict is not Verdict.ACCEPTED:
-            log.warning(
-                "%s from %s boot %d seq %d: %s", decision.verdict.value, dev, boot, seq, decision.reason
-            )
-            return reject(decision.verdict, decision.reason, dev)
+        if verdict is not Verdict.ACCEPTED:
+            log.warning("%s from %s boot %d seq %d: %s", verdict.value, dev, boot, seq, decision.reason)
+            return Rejected(topic, dev, verdict, decision.reason, payload, t_received)
         if decision.late:
             self.late += 1
         if enrol is not None:
             try:
                 self.directory.bind(dev, enrol)
             except ConflictError as e:
-                return reject(Verdict.CLAIM_INVALID, str(e), dev)
+                return Rejected(topic, dev, Verdict.CLAIM_INVALID, str(e), payload, t_received)
             log.info("device %s enrolled by its claim", dev)
-        return self._candidate(opened, payload, t_received, gap)
+        return Candidate(
+            dev, boot, seq, kind, pipe, t_device, t_received, model, input_, out, label, score, msg_id, prev,
+            payload, info, public_key, metrics, gap,
+        )  # fmt: skip
 
     @staticmethod
     def _is_claim(payload: bytes) -> bool:
@@ -342,28 +395,6 @@ class Intake:
         except EnvelopeError:
             return False
         return o.kind is Kind.BIRTH and Key.CLAIM in o.payload
-
-    def _open_bound(self, dev: str, key: bytes, payload: bytes) -> Opened:
-        v = self._verifiers.get(dev)
-        if v is None or v.public_key != key:
-            v = self._verifiers[dev] = Verifier(key)
-        try:
-            return open_envelope(payload, self.fleet, v)
-        except EnvelopeError as e:
-            if e.verdict is Verdict.UNKNOWN_KEY:
-                try:
-                    o = decode_unverified(payload)
-                except EnvelopeError:
-                    raise e from None
-                if o.dev != dev:  # rejected either way; name the more telling cause
-                    raise EnvelopeError(
-                        Verdict.TOPIC_MISMATCH, f"payload dev {o.dev!r} on the topic of {dev!r}"
-                    ) from None
-                if o.kind is Kind.BIRTH:
-                    raise EnvelopeError(
-                        Verdict.CLAIM_INVALID, "birth with another key than the bound one"
-                    ) from None
-            raise
 
     def _open_claim(self, dev: str, entry: DeviceEntry, payload: bytes) -> tuple[Opened, bytes]:
         o = decode_unverified(payload)  # MALFORMED / TOO_LARGE before anything else
@@ -377,15 +408,6 @@ class Intake:
         if not hmac.compare_digest(claim_tag(entry.claim_token, key, dev), bytes(o.payload[Key.CLAIM])):
             raise EnvelopeError(Verdict.CLAIM_INVALID, "claim does not match the device's claim token")
         return open_envelope(payload, self.fleet, key), key
-
-    @staticmethod
-    def _gap(p: dict[int, Any]) -> tuple[int, int, str] | None:
-        g = p[Key.GAP]
-        lo, hi = g.get("from"), g.get("to")
-        if type(lo) is not int or type(hi) is not int or not 0 <= lo <= hi < int(p[Key.SEQ]):
-            return None
-        why = g.get("why")
-        return lo, hi, why if isinstance(why, str) else ""
 
     @staticmethod
     def _state(dev: str, payload: bytes, t_received: int, reject: Callable[..., Rejected]) -> Outcome:
@@ -404,47 +426,6 @@ class Intake:
             boot if type(boot) is int else None,
             t if type(t) is int else None,
             t_received,
-        )
-
-    @staticmethod
-    def _candidate(o: Opened, cose: bytes, t_received: int, gap: tuple[int, int, str] | None) -> Candidate:
-        p = o.payload
-        kind = o.kind
-        out = label = score = None
-        info = metrics = None
-        if kind is Kind.RESULT:
-            out_map = p[Key.OUT]
-            out = json.dumps(jsonable(out_map), separators=(",", ":"))
-            lab = out_map.get("label")
-            label = lab if isinstance(lab, str) else (str(lab) if type(lab) is int else None)
-            sc = out_map.get("score")
-            score = float(sc) if type(sc) in (int, float) and math.isfinite(sc) else None
-        elif kind is Kind.BIRTH and Key.INFO in p:
-            info = json.dumps(jsonable(p[Key.INFO]), separators=(",", ":"))
-        elif kind is Kind.HEARTBEAT:
-            metrics = json.dumps(jsonable(p[Key.METRICS]), separators=(",", ":"))
-        elif kind is Kind.REPLY:
-            out = json.dumps(jsonable({"id": p[Key.ID], "reply": p[Key.REPLY]}), separators=(",", ":"))
-        return Candidate(
-            dev=o.dev,
-            boot=int(p[Key.BOOT]),
-            seq=int(p[Key.SEQ]),
-            kind=int(kind),
-            pipe=p.get(Key.PIPE),
-            t_device=int(p[Key.T]),
-            t_received=t_received,
-            model=p.get(Key.MODEL),
-            input=p.get(Key.INPUT),
-            out=out,
-            label=label,
-            score=score,
-            msg_id=o.msg_id,
-            prev=bytes(p[Key.PREV]),
-            cose=bytes(cose),
-            info=info,
-            public_key=bytes(p[Key.KEY]) if kind is Kind.BIRTH else None,
-            metrics=metrics,
-            gap=gap,
         )
 
 
@@ -526,6 +507,31 @@ class _Counters:
 
 _STOP = object()
 
+Raw = tuple[str, bytes, int, int, int]  # topic, payload, mid, qos, t_received (ms)
+
+
+class _Answers:
+    """A verify worker's answers to one chunk (None: the worker died with it)."""
+
+    __slots__ = ("answers", "chunk_id")
+
+    def __init__(self, chunk_id: int, answers: list[Answer] | None) -> None:
+        self.chunk_id = chunk_id
+        self.answers = answers
+
+
+class _Chunk:
+    """Messages taken in arrival order; those with a route wait for a verify worker's answers."""
+
+    __slots__ = ("answers", "lost", "raws", "ready", "routes")
+
+    def __init__(self) -> None:
+        self.raws: list[Raw] = []
+        self.routes: list[Route | None] = []
+        self.answers: list[Answer] = []
+        self.ready = False
+        self.lost = False
+
 
 class Collector:
     """Verify, store and acknowledge; see the module docstring."""
@@ -541,7 +547,7 @@ class Collector:
         self._registry = registry
         self._signer = collector_signer
         self._clock = clock
-        self._queue: queue.Queue[object] = queue.Queue(QUEUE_MAX)
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._c = _Counters()
         self._accepting = False
@@ -549,6 +555,8 @@ class Collector:
         self._link: MqttLink | None = None
         self._store: Store | None = None
         self._intake: Intake | None = None
+        self._pool: VerifyPool | None = None
+        self._in_pipeline = 0  # taken from the queue, not yet decided (chunks at the verify workers)
         self._error: str | None = None
         self._done = threading.Event()
         self._ack_due: dict[tuple[str, int], int] = {}  # (dev, boot) -> seq to ack
@@ -562,7 +570,7 @@ class Collector:
         """Open the store, restore the chain, connect and subscribe; returns once subscribed."""
         cfg = self.config
         store = Store(cfg.store_path)
-        chain = ChainVerifier(cfg.reorder_timeout_s, recall=store.recall)
+        chain = ChainVerifier(cfg.reorder_timeout_s, recall=store.recall, keep_recent=cfg.chain_keep_recent)
         for dev, heads in store.restore_heads().items():
             chain.restore(dev, [Head(b, s, m) for b, s, m in heads])
         for d in store.devices():
@@ -571,6 +579,10 @@ class Collector:
             self._c.states[dev] = (st["state"], st["boot"])
         self._store = store
         self._intake = Intake(cfg.fleet, RegistryDirectory(self._registry, self._clock), chain)
+        if cfg.verify_workers > 0:
+            self._pool = VerifyPool(
+                cfg.fleet, cfg.verify_workers, lambda i, a: self._queue.put(_Answers(i, a))
+            )
         if cfg.metrics_port is not None:
             from fleet_cli.metrics import CollectorMetrics
 
@@ -579,7 +591,7 @@ class Collector:
         self._link = MqttLink(
             cfg.mqtt_settings(),
             subscriptions=cfg.filters(),
-            on_message=self._on_message,
+            on_raw=self._on_message,
             manual_ack=True,
             receive_maximum=cfg.receive_maximum,
         )
@@ -618,6 +630,9 @@ class Collector:
         if self._link is not None:
             self._link.close()
             self._link = None
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
@@ -649,19 +664,28 @@ class Collector:
     def failed(self) -> str | None:
         return self._error
 
+    def chain_entries(self) -> int:
+        """How many (boot, seq) the chain verifier holds in memory, all devices together (bounded by
+        :data:`CHAIN_KEEP_RECENT` per device and boot)."""
+        intake = self._intake
+        if intake is None:
+            return 0
+        chain = intake.chain
+        return sum(len(chain.snapshot(dev)) for dev in list(chain.devices()))
+
     # -- intake (paho's network thread: never block) ----------------------------------------------
 
-    def _on_message(self, m: Received) -> None:
+    def _on_message(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
         if not self._accepting:
             return  # not PUBACKed: it stays in the persistent session for the next start
-        try:
-            self._queue.put_nowait((m, time.time_ns() // 1_000_000))
-        except queue.Full:
-            if m.qos == 0:
+        if self._queue.qsize() >= QUEUE_MAX:
+            if qos == 0:
                 with self._lock:
                     self._c.dropped_qos0 += 1
             else:  # cannot happen (see QUEUE_MAX); not PUBACKed, so redelivered after a reconnect
                 log.error("collector queue full; message left unacknowledged at the broker")
+            return
+        self._queue.put((topic, payload, mid, qos, time.time_ns() // 1_000_000))
 
     # -- worker ---------------------------------------------------------------------------------
 
@@ -677,12 +701,52 @@ class Collector:
     def _loop(self) -> None:
         cfg = self.config
         clock = self._clock
+        q = self._queue
+        assert self._intake is not None
+        intake = self._intake
         batch = Batch()
         mids: list[tuple[int, int]] = []
         started: float | None = None
+        pending: deque[_Chunk] = deque()  # in arrival order
+        waiting: dict[int, _Chunk] = {}  # chunk id -> chunk at a verify worker
+        building = _Chunk()
+        next_id = 0
+        workers = cfg.verify_workers if self._pool is not None else 0
         next_expire = clock() + EXPIRE_INTERVAL_S
         next_agg = clock() + cfg.agg_interval_s
         next_log = clock() + cfg.log_interval_s
+
+        def dispatch() -> None:
+            nonlocal building, next_id
+            chunk, building = building, _Chunk()
+            items: list[Item] = [
+                (r.dev, r.channel, r.pipe, r.key, raw[1])
+                for raw, r in zip(chunk.raws, chunk.routes, strict=True)
+                if r is not None
+            ]
+            pending.append(chunk)
+            if not items or self._pool is None:
+                chunk.ready = True
+                return
+            waiting[next_id] = chunk
+            self._pool.submit(next_id, items)
+            next_id += 1
+
+        def answered(a: _Answers) -> None:
+            nonlocal workers
+            chunk = waiting.pop(a.chunk_id)
+            chunk.ready = True
+            if a.answers is None:
+                chunk.lost = True
+                if workers:
+                    log.error(
+                        "a verify worker exited; verifying in the collector's worker thread from now on"
+                    )
+                    workers = 0
+            else:
+                chunk.answers = a.answers
+
+        stopping = False
         while True:
             now = clock()
             deadlines = [next_expire, next_agg, next_log]
@@ -694,30 +758,41 @@ class Collector:
                 )
             timeout = max(0.0, min(deadlines) - now)
             try:
-                item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+                item = q.get(timeout=timeout) if timeout > 0 else q.get_nowait()
             except queue.Empty:
                 item = None
             if item is _STOP:
+                stopping = True
                 break
+            if type(item) is tuple:
+                raw = cast("Raw", item)
+                building.raws.append(raw)
+                building.routes.append(intake.route(raw[0], raw[1]) if workers else None)
+                self._in_pipeline += 1
+                if len(building.raws) >= CHUNK_MAX_MESSAGES:
+                    dispatch()
+            elif isinstance(item, _Answers):
+                answered(item)
+            # A partial chunk goes when nothing else is waiting and a verify worker is idle (or there
+            # is none): low latency when it is quiet, full chunks when it is busy.
+            if building.raws and q.empty() and len(waiting) < max(workers, 1):
+                dispatch()
             now = clock()
-            if item is not None:
-                m, t_rx = cast("tuple[Received, int]", item)
-                self._take(m, t_rx, now, batch)
-                if m.qos > 0:
-                    mids.append((m.mid, m.qos))
-                if started is None:
+            while pending and pending[0].ready:
+                chunk = pending.popleft()
+                self._decide(chunk, now, batch, mids)
+                if started is None and chunk.raws:
                     started = now
             if now >= next_expire:
                 next_expire = now + EXPIRE_INTERVAL_S
-                assert self._intake is not None
-                for g in self._intake.chain.expire(now):
+                for g in intake.chain.expire(now):
                     batch.timeout_gaps.append(GapRange(g.dev, g.boot, g.first, g.last))
                 if batch.timeout_gaps and started is None:
                     started = now
             if started is not None and (
                 len(mids) >= cfg.batch_max_messages
                 or now - started >= cfg.batch_max_delay_s
-                or self._queue.empty()
+                or (q.empty() and not pending and not building.raws)
             ):
                 self._flush(batch, mids)
                 batch, mids, started = Batch(), [], None
@@ -728,16 +803,50 @@ class Collector:
             if now >= next_log:
                 next_log = now + cfg.log_interval_s
                 self._log_progress()
-        # Stopping: whatever was taken is committed, PUBACKed and acked before the disconnect.
+        # Stopping: whatever was taken is decided, committed, PUBACKed and acked before the disconnect;
+        # chunks the verify workers do not answer in time are left to the broker (never PUBACKed).
+        assert stopping
+        if building.raws:
+            dispatch()
+        deadline = clock() + STOP_DRAIN_S
+        while waiting and (left := deadline - clock()) > 0:
+            try:
+                item = q.get(timeout=left)
+            except queue.Empty:
+                break
+            if isinstance(item, _Answers):
+                answered(item)
+        now = clock()
+        while pending and pending[0].ready:
+            self._decide(pending.popleft(), now, batch, mids)
+        if pending:
+            log.warning(
+                "stopping: %d messages not verified in time stay with the broker",
+                sum(len(c.raws) for c in pending),
+            )
         if not batch.empty() or mids:
             self._flush(batch, mids)
         self._send_acks(force=True)
         self._publish_aggregates()
         self._log_progress()
 
-    def _take(self, m: Received, t_rx: int, now: float, batch: Batch) -> None:
+    def _decide(self, chunk: _Chunk, now: float, batch: Batch, mids: list[tuple[int, int]]) -> None:
+        """Finish every message of a chunk, in arrival order, into ``batch``."""
         assert self._intake is not None
-        outcome = self._intake.judge(m.topic, m.payload, t_rx, now)
+        intake = self._intake
+        answers = iter(chunk.answers)
+        for raw, route in zip(chunk.raws, chunk.routes, strict=True):
+            topic, payload, mid, qos, t_rx = raw
+            if route is None or chunk.lost:
+                outcome = intake.judge(topic, payload, t_rx, now)
+            else:
+                outcome = intake.conclude(topic, route.dev, next(answers), payload, t_received=t_rx, now=now)
+            self._take(outcome, batch)
+            if qos > 0:
+                mids.append((mid, qos))
+        self._in_pipeline -= len(chunk.raws)
+
+    def _take(self, outcome: Outcome, batch: Batch) -> None:
         if isinstance(outcome, Candidate):
             batch.candidates.append(outcome)
         elif isinstance(outcome, Duplicate):
@@ -761,8 +870,11 @@ class Collector:
         t0 = time.perf_counter()
         result = self._store.commit(batch)
         elapsed = time.perf_counter() - t0
-        for mid, qos in mids:  # only now: the messages are stored (or quarantined)
-            self._link.ack(mid, qos)
+        # only now: the messages are stored (or quarantined)
+        self._link.ack_many([mid for mid, qos in mids if qos == 1])
+        for mid, qos in mids:
+            if qos > 1:
+                self._link.ack(mid, qos)
         self._account(batch, result, elapsed)
         for h in result.heads:  # something arrived for each: new messages, or a resend wanting an ack
             self._ack_due[(h.dev, h.boot)] = h.seq
@@ -800,7 +912,9 @@ class Collector:
             log.warning("gap: %s boot %d seqs %d-%d missing after %.0f s", g.dev, g.boot, g.first, g.last,
                         self.config.reorder_timeout_s)  # fmt: skip
         if self._metrics is not None:
-            self._metrics.observe_batch(batch, result, elapsed, online, self._queue.qsize())
+            self._metrics.observe_batch(
+                batch, result, elapsed, online, self._queue.qsize() + self._in_pipeline
+            )
 
     def _send_acks(self, *, force: bool) -> None:
         if not self._ack_due or self._link is None:
@@ -898,7 +1012,7 @@ class Collector:
                 latency_ms_p95=percentile(lat, 95),
                 msgs_per_s=rate,
                 batches=c.batches,
-                queue_depth=self._queue.qsize(),
+                queue_depth=self._queue.qsize() + self._in_pipeline,
                 online=c.online(),
                 dropped_qos0=c.dropped_qos0,
                 error=self._error,
@@ -931,4 +1045,6 @@ __all__ = [
     "GapReport",
     "Intake",
     "RegistryDirectory",
+    "Route",
+    "jsonable",
 ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 import logging
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -98,6 +99,11 @@ class Received:
 
 
 OnMessage = Callable[[Received], None]
+OnRaw = Callable[[str, bytes, int, int], None]
+"""``on_raw(topic, payload, mid, qos)``: :data:`OnMessage` without building a :class:`Received`."""
+# MQTT 3.1.1 §3.4 / MQTT 5 §3.4: PUBACK = fixed header 0x40, remaining length 2, packet id (big endian);
+# MQTT 5 allows leaving out the reason code when it is 0 (success).
+_PUBACK = 0x40
 
 
 def settings_from_home(
@@ -154,11 +160,13 @@ class Link:
         on_message: OnMessage | None = None,
         manual_ack: bool = False,
         receive_maximum: int = RECEIVE_MAXIMUM,
+        on_raw: OnRaw | None = None,
     ) -> None:
         self.settings = settings
         self.subscriptions = tuple(subscriptions)
         self.qos = qos
         self._on_message_cb = on_message
+        self._on_raw_cb = on_raw
         self._manual_ack = manual_ack
         self._receive_maximum = receive_maximum
         self.protocol: Protocol | None = None
@@ -297,13 +305,18 @@ class Link:
         self.connected.clear()
 
     def _on_message(self, c: object, u: object, m: mqtt.MQTTMessage) -> None:
-        if self._on_message_cb is None:
+        raw = self._on_raw_cb
+        if raw is None and self._on_message_cb is None:
             return
         try:
             topic = m.topic
         except UnicodeDecodeError:
             topic = "<topic is not UTF-8>"
-        self._on_message_cb(Received(topic, bytes(m.payload), m.mid, m.qos, bool(m.retain)))
+        if raw is not None:
+            raw(topic, bytes(m.payload), m.mid, m.qos)
+        else:
+            assert self._on_message_cb is not None
+            self._on_message_cb(Received(topic, bytes(m.payload), m.mid, m.qos, bool(m.retain)))
 
     # -- use ----------------------------------------------------------------------------------
 
@@ -329,6 +342,25 @@ class Link:
     def ack(self, mid: int, qos: int = 1) -> None:
         if self._manual_ack and qos > 0 and self._client is not None:
             self._client.ack(mid, qos)
+
+    def ack_many(self, mids: Sequence[int]) -> None:
+        """PUBACK several QoS 1 deliveries at once, in this order.
+
+        paho's :meth:`~paho.mqtt.client.Client.ack` queues one packet per call, and each one costs a
+        wake-up of the network thread and a ``send`` of 4 bytes. Here the PUBACKs (the same bytes paho
+        writes, MQTT §3.4) go out as one queued write; without paho's packet queue it falls back to
+        :meth:`ack` per id.
+        """
+        client = self._client
+        if not self._manual_ack or client is None or not mids:
+            return
+        queue_packet = getattr(client, "_packet_queue", None)
+        if queue_packet is None:  # pragma: no cover - a paho without the private queue
+            for mid in mids:
+                client.ack(mid, 1)
+            return
+        data = b"".join(struct.pack("!BBH", _PUBACK, 2, mid) for mid in mids)
+        queue_packet(_PUBACK, data, 0, 1)
 
     def close(self) -> None:
         self._closed.set()

@@ -325,8 +325,11 @@ class Store:
         dups: list[Candidate] = []
         per_dev: dict[str, list[Candidate]] = {}
         rejected_by_dev: dict[str, int] = {}
+        neighbours = self._neighbours(batch.candidates)
+        gap_rows: list[tuple[Any, ...]] = []
         for c in batch.candidates:
-            verdict, reason = self._check(c)
+            known = neighbours[(c.dev, c.boot)]
+            verdict, reason = _check(c, known)
             if verdict is Verdict.DUPLICATE:
                 dups.append(c)
                 batch.touched.add((c.dev, c.boot))
@@ -334,29 +337,38 @@ class Store:
             if verdict is not None:
                 conflicts.append(Rejected("", c.dev, verdict, reason, c.cose, c.t_received))
                 continue
-            db.execute(
-                "INSERT INTO messages (dev, boot, seq, kind, pipe, t_device, t_received, model, input,"
-                " out, label, score, msg_id, prev, cose) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    c.dev, c.boot, c.seq, c.kind, c.pipe, c.t_device, c.t_received, c.model, c.input,
-                    c.out, c.label, c.score, c.msg_id, c.prev, c.cose,
-                ),
-            )  # fmt: skip
+            known[c.seq] = (c.msg_id, c.prev)  # later candidates of this batch are checked against it
             stored.append(c)
             per_dev.setdefault(c.dev, []).append(c)
             batch.touched.add((c.dev, c.boot))
             if c.gap is not None:
                 lo, hi, why = c.gap
-                db.execute(
-                    "INSERT INTO gaps (dev, boot, first, last, source, why, t_ms) VALUES (?,?,?,?,?,?,?)",
-                    (c.dev, c.boot, lo, hi, "device", why, c.t_received),
-                )
+                gap_rows.append((c.dev, c.boot, lo, hi, "device", why, c.t_received))
                 self._covered.setdefault((c.dev, c.boot), []).append((lo, hi))
-        for r in [*batch.rejected, *conflicts]:
-            db.execute(
-                "INSERT INTO quarantine (t_received, topic, dev, verdict, reason, cose) VALUES (?,?,?,?,?,?)",
-                (r.t_received, r.topic, r.dev, r.verdict.value, r.reason, r.cose),
+        # One statement per table and batch, rows in arrival order (the messages' ids keep it).
+        db.executemany(
+            "INSERT INTO messages (dev, boot, seq, kind, pipe, t_device, t_received, model, input,"
+            " out, label, score, msg_id, prev, cose) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            [
+                (
+                    c.dev, c.boot, c.seq, c.kind, c.pipe, c.t_device, c.t_received, c.model, c.input,
+                    c.out, c.label, c.score, c.msg_id, c.prev, c.cose,
+                )
+                for c in stored
+            ],
+        )  # fmt: skip
+        if gap_rows:
+            db.executemany(
+                "INSERT INTO gaps (dev, boot, first, last, source, why, t_ms) VALUES (?,?,?,?,?,?,?)",
+                gap_rows,
             )
+        quarantined = [*batch.rejected, *conflicts]
+        if quarantined:
+            db.executemany(
+                "INSERT INTO quarantine (t_received, topic, dev, verdict, reason, cose) VALUES (?,?,?,?,?,?)",
+                [(r.t_received, r.topic, r.dev, r.verdict.value, r.reason, r.cose) for r in quarantined],
+            )
+        for r in quarantined:
             if r.dev is not None:
                 rejected_by_dev[r.dev] = rejected_by_dev.get(r.dev, 0) + 1
         for dev in {*per_dev, *rejected_by_dev, *batch.duplicates, *(c.dev for c in dups)}:
@@ -381,21 +393,23 @@ class Store:
         heads = [self._advance_head(dev, boot, now) for dev, boot in sorted(batch.touched)]
         return CommitResult(stored, conflicts, dups, [h for h in heads if h is not None], gaps)
 
-    def _check(self, c: Candidate) -> tuple[Verdict | None, str]:
-        rows = self._db.execute(
-            "SELECT seq, msg_id, prev FROM messages WHERE dev = ? AND boot = ? AND seq BETWEEN ? AND ?",
-            (c.dev, c.boot, c.seq - 1, c.seq + 1),
-        ).fetchall()
-        for seq, msg_id, prev in rows:
-            if seq == c.seq:
-                if msg_id == c.msg_id:
-                    return Verdict.DUPLICATE, "already stored"
-                return Verdict.EQUIVOCATION, f"boot {c.boot} seq {c.seq} is stored with another msg_id"
-            if seq == c.seq - 1 and msg_id != c.prev:
-                return Verdict.FORK, f"prev does not match the stored message at seq {seq}"
-            if seq == c.seq + 1 and prev != c.msg_id:
-                return Verdict.FORK, f"the stored message at seq {seq} names another prev"
-        return None, ""
+    def _neighbours(self, cands: list[Candidate]) -> dict[tuple[str, int], dict[int, tuple[bytes, bytes]]]:
+        """Stored (msg_id, prev) of each candidate's seq-1, seq and seq+1: one query per (dev, boot)."""
+        wanted: dict[tuple[str, int], set[int]] = {}
+        for c in cands:
+            seqs = wanted.setdefault((c.dev, c.boot), set())
+            seqs.update((c.seq - 1, c.seq, c.seq + 1))
+        out: dict[tuple[str, int], dict[int, tuple[bytes, bytes]]] = {}
+        for (dev, boot), seqs in wanted.items():
+            out[(dev, boot)] = {
+                seq: (msg_id, prev)
+                for seq, msg_id, prev in self._db.execute(
+                    "SELECT seq, msg_id, prev FROM messages WHERE dev = ? AND boot = ?"
+                    " AND seq IN (SELECT value FROM json_each(?))",
+                    (dev, boot, json.dumps(sorted(seqs))),
+                )
+            }
+        return out
 
     def _touch_device(self, dev: str, now: int) -> None:
         self._db.execute(
@@ -620,6 +634,23 @@ class Store:
                 yield from chunk
         finally:
             cur.close()
+
+
+def _check(c: Candidate, known: dict[int, tuple[bytes, bytes]]) -> tuple[Verdict | None, str]:
+    """A candidate against its stored neighbours (``known``: seq -> (msg_id, prev) of its (dev, boot)),
+    looked at in seq order, the first disagreement deciding."""
+    before = known.get(c.seq - 1)
+    if before is not None and before[0] != c.prev:
+        return Verdict.FORK, f"prev does not match the stored message at seq {c.seq - 1}"
+    same = known.get(c.seq)
+    if same is not None:
+        if same[0] == c.msg_id:
+            return Verdict.DUPLICATE, "already stored"
+        return Verdict.EQUIVOCATION, f"boot {c.boot} seq {c.seq} is stored with another msg_id"
+    after = known.get(c.seq + 1)
+    if after is not None and after[1] != c.msg_id:
+        return Verdict.FORK, f"the stored message at seq {c.seq + 1} names another prev"
+    return None, ""
 
 
 DEFAULT_STORE_NAME = "store.db"
