@@ -243,6 +243,7 @@ class VerifyPool:
         self._readers: list[threading.Thread] = []
         self._pending: list[list[int]] = []
         self._locks: list[threading.Lock] = []
+        self._dead: list[bool] = []
         self._next = 0
         root = str(Path(__file__).resolve().parent.parent)  # where fleet_cli and edge_protocol live
         env = dict(os.environ)
@@ -266,6 +267,7 @@ class VerifyPool:
             self._procs.append(proc)
             self._pending.append([])
             self._locks.append(threading.Lock())
+            self._dead.append(False)
         for i in range(workers):
             t = threading.Thread(
                 target=self._read, args=(i,), name=f"collector-verify-reader-{i}", daemon=True
@@ -274,12 +276,17 @@ class VerifyPool:
             self._readers.append(t)
 
     def submit(self, chunk_id: int, items: list[Item]) -> None:
-        """Send one chunk to the next worker (round robin)."""
+        """Send one chunk to the next worker (round robin); a dead worker answers None at once."""
         i = self._next
         self._next = (i + 1) % len(self._conns)
         with self._locks[i]:
-            self._pending[i].append(chunk_id)
-        # A worker that is gone makes its reader report every pending chunk as lost.
+            dead = self._dead[i]
+            if not dead:
+                self._pending[i].append(chunk_id)
+        if dead:
+            self._on_answers(chunk_id, None)
+            return
+        # If the worker is gone now, its reader reports every pending chunk (this one too) as lost.
         with contextlib.suppress(OSError):
             self._conns[i].send_bytes(pickle.dumps(items, pickle.HIGHEST_PROTOCOL))
 
@@ -292,6 +299,7 @@ class VerifyPool:
                 data = None
             if not data:
                 with self._locks[i]:
+                    self._dead[i] = True
                     lost, self._pending[i] = self._pending[i], []
                 for chunk_id in lost:
                     self._on_answers(chunk_id, None)
