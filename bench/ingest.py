@@ -5,7 +5,9 @@ results for a persistent session; the consumer is then started and timed until t
 drained, so no publisher competes for the CPU:
 
 * ``collector_rate``: one collector (decode, verify, chain, store, PUBACK after commit, acks), in its
-  own process; ``verify_rate``: single-core PyNaCl verify of the same messages (signature only);
+  own process plus its ``verify_workers`` verify processes (``--verify-workers``; 0 = everything in
+  the collector's process); ``verify_rate``: single-core PyNaCl verify of the same messages
+  (signature only);
   ``collector_vs_verify`` = their ratio (goal >= 0.6);
 * ``raw_paho_rate``: a paho subscriber with an empty callback draining the same backlog;
   ``collector_vs_raw_paho`` = collector / raw paho;
@@ -274,6 +276,12 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=1000.0)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--protocol", choices=["5", "3.1.1"], default="3.1.1")
+    ap.add_argument(
+        "--verify-workers",
+        type=int,
+        default=None,
+        help="collector verify processes",
+    )
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     n = 10_000 if a.quick else a.messages
@@ -297,6 +305,8 @@ def main() -> int:
             fleet=FLEET, store_path=work / "one.db", port=port, protocol=proto, client_id="one",
             reorder_timeout_s=60, publish_verified=False,
         )  # fmt: skip
+        if a.verify_workers is not None:
+            base = replace(base, verify_workers=a.verify_workers)
 
         def backlog(k: int) -> list[tuple[str, bytes]]:
             return [devices[i % DEVICES].result() for i in range(k)]
@@ -324,6 +334,7 @@ def main() -> int:
             "protocol": a.protocol,
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
+            "verify_workers": base.verify_workers,
             "verify_rate": round(v_rate),
             "collector_rate": round(one),
             "two_collectors_rate": round(two),

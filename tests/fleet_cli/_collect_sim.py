@@ -91,7 +91,7 @@ class SimDevice:
         return self._make(Kind.BIRTH, Channel.BIRTH, extra)
 
     def result(self, pipe: str = "vib", label: str = "ok", score: float = 0.9) -> Msg:
-        extra = {
+        extra: dict[int, Any] = {
             Key.PIPE: pipe,
             Key.MODEL: b"\x11" * 32,
             Key.INPUT: secrets.token_bytes(32),
