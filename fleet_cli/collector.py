@@ -368,7 +368,7 @@ class Intake:
             kind, boot, seq, prev, msg_id, pipe, t_device, model, input_, out, label, score, info,
             public_key, metrics, gap,
         ) = answer  # fmt: skip
-        decision = self.chain.observe(Link(dev, boot, seq, prev, msg_id), now, gap[:2] if gap else None)
+        decision = self.chain.observe(Link(dev, boot, seq, prev, msg_id), now, gap[:3] if gap else None)
         verdict = decision.verdict
         if verdict is Verdict.DUPLICATE:
             return Duplicate(dev, boot)

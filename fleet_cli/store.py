@@ -168,7 +168,7 @@ class Candidate:
     info: str | None = None  # birth: JSON of info
     public_key: bytes | None = None  # birth: the key it carries
     metrics: str | None = None  # heartbeat: JSON of metrics
-    gap: tuple[int, int, str] | None = None  # gap record: (from, to, why)
+    gap: tuple[int, int, int, str] | None = None  # gap record: (boot, from, to, why); boot may be earlier
 
 
 @dataclass(frozen=True)
@@ -342,9 +342,10 @@ class Store:
             per_dev.setdefault(c.dev, []).append(c)
             batch.touched.add((c.dev, c.boot))
             if c.gap is not None:
-                lo, hi, why = c.gap
-                gap_rows.append((c.dev, c.boot, lo, hi, "device", why, c.t_received))
-                self._covered.setdefault((c.dev, c.boot), []).append((lo, hi))
+                gboot, lo, hi, why = c.gap
+                gap_rows.append((c.dev, gboot, lo, hi, "device", why, c.t_received))
+                self._covered_ranges(c.dev, gboot).append((lo, hi))
+                batch.touched.add((c.dev, gboot))  # an earlier boot's head may move over the drops
         # One statement per table and batch, rows in arrival order (the messages' ids keep it).
         db.executemany(
             "INSERT INTO messages (dev, boot, seq, kind, pipe, t_device, t_received, model, input,"
@@ -421,7 +422,7 @@ class Store:
     def _update_device(self, dev: str, cands: list[Candidate]) -> None:
         db = self._db
         top = max(cands, key=lambda c: (c.boot, c.seq))
-        drops = sum(c.gap[1] - c.gap[0] + 1 for c in cands if c.gap is not None)
+        drops = sum(c.gap[2] - c.gap[1] + 1 for c in cands if c.gap is not None)
         # SET expressions all see the old row, so the CASE reads the old boot.
         db.execute(
             "UPDATE devices SET accepted = accepted + ?, drops = drops + ?,"
@@ -514,6 +515,11 @@ class Store:
                 break
             new_head, new_id = seq, msg_id
         cur.close()
+        while True:  # the tail: seqs above the last stored one that the device says it dropped
+            hit = next(((lo, hi) for lo, hi in covered if lo <= new_head + 1 <= hi), None)
+            if hit is None:
+                break
+            new_head = hit[1]
         if new_head < 0:
             return None
         if new_head != head:

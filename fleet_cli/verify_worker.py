@@ -82,13 +82,18 @@ def _json(value: Any) -> str:
     return json.dumps(jsonable(value), separators=(",", ":"))
 
 
-def _gap(p: dict[int, Any]) -> tuple[int, int, str] | None:
+def _gap(p: dict[int, Any]) -> tuple[int, int, int, str] | None:
+    """(boot, from, to, why) of a gap record: seqs of its own boot below its own seq, or, with a
+    ``boot`` key, seqs of an earlier boot (an outbox that overflowed after a restart; docs/protocol.md)."""
     g = p[Key.GAP]
-    lo, hi = g.get("from"), g.get("to")
-    if type(lo) is not int or type(hi) is not int or not 0 <= lo <= hi < int(p[Key.SEQ]):
+    own_boot, own_seq = int(p[Key.BOOT]), int(p[Key.SEQ])
+    lo, hi, boot = g.get("from"), g.get("to"), g.get("boot", own_boot)
+    if type(lo) is not int or type(hi) is not int or type(boot) is not int or not 0 <= lo <= hi:
+        return None
+    if not 0 <= boot <= own_boot or (boot == own_boot and hi >= own_seq):
         return None
     why = g.get("why")
-    return lo, hi, why if isinstance(why, str) else ""
+    return boot, lo, hi, why if isinstance(why, str) else ""
 
 
 def check_opened(opened: Opened, dev: str, channel: str, pipe: str | None, bound: bytes | None) -> Answer:
@@ -104,11 +109,14 @@ def check_opened(opened: Opened, dev: str, channel: str, pipe: str | None, bound
         return Verdict.TOPIC_MISMATCH.value, f"result of pipe {p[Key.PIPE]!r} on the topic of {pipe!r}"
     if kind is Kind.BIRTH and bound is not None and p[Key.KEY] != bound:
         return Verdict.CLAIM_INVALID.value, "birth carries another key than the bound one"
-    gap: tuple[int, int, str] | None = None
+    gap: tuple[int, int, int, str] | None = None
     if kind is Kind.GAP:
         gap = _gap(p)
         if gap is None:
-            return Verdict.MALFORMED.value, "gap record without a valid {from, to} below its own seq"
+            return (
+                Verdict.MALFORMED.value,
+                "gap record without a valid {from, to} (below its own seq, or of an earlier boot)",
+            )
     out = label = score = None
     info = metrics = None
     if kind is Kind.RESULT:

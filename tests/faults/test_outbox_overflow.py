@@ -111,7 +111,6 @@ def test_outbox_overflow_across_a_restart(
     run_outage(make_rig(devices=1), figure, restart_during_outage=True, drain_s=20)
 
 
-@pytest.mark.xfail(strict=True, reason=CROSS_BOOT_GAP_BUG)
 def test_repro_gap_record_for_an_earlier_boot(tmp_path: Path, mosquitto: Broker) -> None:
     """Minimal reproduction, without an agent: boot 1 seals seqs 0..5, seqs 3..5 are dropped before
     delivery, boot 2's gap record (seq 1) says so with ``boot: 1``. Expected: stored as a device gap of
