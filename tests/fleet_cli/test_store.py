@@ -12,7 +12,7 @@ from fleet_cli.collector import MAX_STATE_BYTES, Intake, RegistryDirectory, Stat
 from fleet_cli.store import Batch, Candidate, GapRange, Rejected, Store
 
 
-def cand(seq: int, msg_id: bytes, prev: bytes, gap: tuple[int, int, str] | None = None) -> Candidate:
+def cand(seq: int, msg_id: bytes, prev: bytes, gap: tuple[int, int, int, str] | None = None) -> Candidate:
     return Candidate("d", 1, seq, 1, "p", 0, 0, None, None, None, None, None, msg_id, prev, b"x", gap=gap)
 
 
@@ -30,7 +30,7 @@ def test_arbitration_heads_and_append_only(tmp_path: Path) -> None:
         assert len(r.duplicates) == 1
         assert [c.verdict for c in r.conflicts] == [Verdict.EQUIVOCATION, Verdict.FORK]
         # seqs 2-3 dropped by the device (gap record at seq 4): the head moves over them
-        r = s.commit(Batch(candidates=[cand(4, i[4], i[3], gap=(2, 3, "full"))]))
+        r = s.commit(Batch(candidates=[cand(4, i[4], i[3], gap=(1, 2, 3, "full"))]))
         assert [(h.seq, h.msg_id) for h in r.heads] == [(4, i[4])]
         # a timeout gap over stored or covered seqs reports nothing
         r = s.commit(Batch(timeout_gaps=[GapRange("d", 1, 1, 5)]))
