@@ -286,3 +286,26 @@ def scan_payload(payload: Mapping[Any, Any]) -> tuple[Kind, int]:
         if code != _MAP and not ok:
             raise SchemaError(f"{KEY_NAMES[k]} must be {_WANTS[code]}")
     return kind, saved
+
+
+def to_json(value: Any) -> Any:
+    """A payload value as JSON data: bytes as lowercase hex, maps with text keys, lists as lists."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).hex()
+    if isinstance(value, Mapping):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    return value
+
+
+def named(payload: Mapping[int, Any]) -> dict[str, Any]:
+    """The payload with DESIGN §2 names for its keys (``dev``, ``seq``, …), the kind by name, bytes as hex."""
+    out: dict[str, Any] = {}
+    for k in sorted(payload):
+        value = payload[k]
+        if k == Key.KIND and value in Kind._value2member_map_:
+            out["kind"] = Kind(value).name.lower()
+        else:
+            out[KEY_NAMES.get(k, str(k))] = to_json(value)
+    return out

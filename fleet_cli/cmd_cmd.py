@@ -22,9 +22,8 @@ from edge_protocol.envelope import EnvelopeError, Opened, open_envelope, seal
 from edge_protocol.errors import InvalidId
 from edge_protocol.ids import validate_id
 from edge_protocol.keys import Signer, read_private_key
-from edge_protocol.payload import Key, Kind
+from edge_protocol.payload import Key, Kind, to_json
 from edge_protocol.topics import Channel, device_topic
-from fleet_cli.collector import jsonable
 from fleet_cli.errors import FleetError, UsageError
 from fleet_cli.home import FleetHome
 from fleet_cli.init_cmd import HomeOption
@@ -82,7 +81,7 @@ class Reply:
     seq: int | None
 
     def to_json(self) -> dict[str, Any]:
-        return {"dev": self.dev, "ok": self.ok, "reply": jsonable(self.reply), "msg_id": self.msg_id,
+        return {"dev": self.dev, "ok": self.ok, "reply": to_json(self.reply), "msg_id": self.msg_id,
                 "boot": self.boot, "seq": self.seq}  # fmt: skip
 
 
@@ -186,6 +185,6 @@ def cmd(
     if as_json:
         typer.echo(json.dumps(reply.to_json()))
     else:
-        typer.echo(f"{device}: {'ok' if reply.ok else 'refused'}  {json.dumps(jsonable(reply.reply))}")
+        typer.echo(f"{device}: {'ok' if reply.ok else 'refused'}  {json.dumps(to_json(reply.reply))}")
     if not reply.ok:
         raise typer.Exit(1)

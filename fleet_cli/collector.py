@@ -80,7 +80,6 @@ from fleet_cli.verify_worker import (
     Verifiers,
     VerifyPool,
     check_opened,
-    jsonable,
     verify_bound,
 )
 
@@ -1046,5 +1045,4 @@ __all__ = [
     "Intake",
     "RegistryDirectory",
     "Route",
-    "jsonable",
 ]

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from fleet_cli.demo import Demo, DemoOptions
+from fleet_cli.demo_collector import CollectorView
 
 # The attack is injected once the fleet is warm, a third of the way in (at least 4 s after start).
 ATTACK_AT_FRACTION = 1 / 3
@@ -39,13 +40,7 @@ class DeviceRow:
 class DemoSnapshot:
     elapsed_s: float
     broker: str
-    accepted: int
-    rejected: dict[str, int]
-    duplicates: int
-    rate: float
-    gaps: int
-    latency_p50_ms: float | None
-    latency_p95_ms: float | None
+    totals: CollectorView  # fleet-wide counters from the collector
     devices: list[DeviceRow]
     attacks: list[dict[str, Any]]
 
@@ -80,13 +75,7 @@ def take_snapshot(demo: Demo) -> DemoSnapshot:
     return DemoSnapshot(
         elapsed_s=time.monotonic() - demo.started_at if demo.started_at else 0.0,
         broker=demo.broker_kind,
-        accepted=view.accepted,
-        rejected=view.rejected,
-        duplicates=view.duplicates,
-        rate=view.rate,
-        gaps=view.gaps,
-        latency_p50_ms=view.latency_p50_ms,
-        latency_p95_ms=view.latency_p95_ms,
+        totals=view,
         devices=rows,
         attacks=attacks,
     )
@@ -98,14 +87,14 @@ def summary(snap: DemoSnapshot, duration_s: float) -> dict[str, Any]:
         "broker": snap.broker,
         "duration_s": round(snap.elapsed_s, 1),
         "planned_duration_s": duration_s,
-        "accepted": snap.accepted,
-        "rejected": snap.rejected,
-        "duplicates": snap.duplicates,
-        "gaps": snap.gaps,
-        "results_per_s": round(snap.rate, 1),
+        "accepted": snap.totals.accepted,
+        "rejected": snap.totals.rejected,
+        "duplicates": snap.totals.duplicates,
+        "gaps": snap.totals.gaps,
+        "results_per_s": round(snap.totals.rate, 1),
         "latency_ms": {
-            "p50": None if snap.latency_p50_ms is None else round(snap.latency_p50_ms, 1),
-            "p95": None if snap.latency_p95_ms is None else round(snap.latency_p95_ms, 1),
+            "p50": None if snap.totals.latency_p50_ms is None else round(snap.totals.latency_p50_ms, 1),
+            "p95": None if snap.totals.latency_p95_ms is None else round(snap.totals.latency_p95_ms, 1),
         },
         "devices": {
             r.name: {"accepted": r.accepted, "labels": r.labels, "gaps": r.gaps, "scenario": r.note}
@@ -124,8 +113,8 @@ def _render(snap: DemoSnapshot, events: list[str], duration_s: float) -> Any:
     head = Text.assemble(
         ("edgeseal demo", "bold"),
         f"  broker: {snap.broker}   t = {snap.elapsed_s:5.1f} / {duration_s:g} s   ",
-        (f"{snap.rate:6.1f} results/s", "cyan"),
-        f"   latency p50 {_ms(snap.latency_p50_ms)}  p95 {_ms(snap.latency_p95_ms)}",
+        (f"{snap.totals.rate:6.1f} results/s", "cyan"),
+        f"   latency p50 {_ms(snap.totals.latency_p50_ms)}  p95 {_ms(snap.totals.latency_p95_ms)}",
     )
     table = Table(expand=True, title="devices (every result verified on arrival)", title_justify="left")
     for col in ("device", "agent", "accepted", "last label", "labels", "gaps", "scenario"):
@@ -143,11 +132,11 @@ def _render(snap: DemoSnapshot, events: list[str], duration_s: float) -> Any:
             r.note,
         )
     verdicts = Table.grid(padding=(0, 2))
-    verdicts.add_row("[green]ACCEPTED[/]", str(snap.accepted))
-    verdicts.add_row("DUPLICATE (replays, redeliveries)", str(snap.duplicates))
-    for v, n in sorted(snap.rejected.items()):
+    verdicts.add_row("[green]ACCEPTED[/]", str(snap.totals.accepted))
+    verdicts.add_row("DUPLICATE (replays, redeliveries)", str(snap.totals.duplicates))
+    for v, n in sorted(snap.totals.rejected.items()):
         verdicts.add_row(f"[red]{v}[/]", str(n))
-    verdicts.add_row("gaps reported", str(snap.gaps))
+    verdicts.add_row("gaps reported", str(snap.totals.gaps))
     attacks = Table.grid(padding=(0, 2))
     if not snap.attacks:
         attacks.add_row("[dim]the attacker strikes a third of the way in[/]")

@@ -22,32 +22,12 @@ from edge_protocol.envelope import (
 from edge_protocol.errors import InvalidId
 from edge_protocol.ids import validate_id
 from edge_protocol.keys import parse_public_key
-from edge_protocol.payload import KEY_NAMES, Key, Kind
+from edge_protocol.payload import named
 from fleet_cli.errors import UsageError
 
 # Hex doubles the size and an exported JSON line adds base64 (4/3) plus its other fields; read at most
 # this much so that a huge input is refused without being held in memory.
 MAX_INPUT_BYTES = 4 * MAX_ENVELOPE_BYTES + 4096
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value).hex()
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def named_payload(payload: dict[int, Any]) -> dict[str, Any]:
-    """The payload with DESIGN §2 names for its keys, bytes as hex and the kind by name."""
-    out: dict[str, Any] = {}
-    for k in sorted(payload):
-        name = KEY_NAMES.get(k, str(k))
-        value = payload[k]
-        out[name] = Kind(value).name.lower() if k == Key.KIND else _jsonable(value)
-    return out
 
 
 def _read_input(source: str) -> bytes:
@@ -149,7 +129,7 @@ def inspect(
         "msg_id": opened.msg_id.hex() if opened else None,
         "kid": opened.kid.hex() if opened else None,
         "size": len(cose),
-        "payload": named_payload(opened.payload) if opened else None,
+        "payload": named(opened.payload) if opened else None,
     }
     if as_json:
         typer.echo(json.dumps(result, sort_keys=False))

@@ -30,14 +30,14 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from edge_protocol.envelope import EnvelopeError, Opened, Verdict, decode_unverified, open_envelope
 from edge_protocol.keys import Verifier
-from edge_protocol.payload import Key, Kind
+from edge_protocol.payload import Key, Kind, to_json
 from edge_protocol.topics import Channel
 from fleet_cli.errors import FleetError
 
@@ -67,19 +67,8 @@ _CHANNEL_OF_KIND = {
 }
 
 
-def jsonable(value: Any) -> Any:
-    """CBOR values as JSON: bytes as hex, maps with text keys."""
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value).hex()
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    return value
-
-
 def _json(value: Any) -> str:
-    return json.dumps(jsonable(value), separators=(",", ":"))
+    return json.dumps(to_json(value), separators=(",", ":"))
 
 
 def _gap(p: dict[int, Any]) -> tuple[int, int, int, str] | None:
