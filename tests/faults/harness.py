@@ -376,6 +376,7 @@ class Audit:
     broken_links: int = 0  # stored (b, s) whose prev is not the stored msg_id of (b, s-1)
     boots: list[int] = field(default_factory=list)  # boots that sealed something, in order
     missing_births: int = 0
+    dropped_births: int = 0  # births not stored but inside a device-signed gap record
     gap_n: int = 0  # sum of n over the device's gap records (as signed)
     forks: int = 0  # quarantined FORK / EQUIVOCATION of this device
 
@@ -427,6 +428,16 @@ def audit(store: Path, dev: str, state: Path) -> Audit:
         while True:
             ends[cur_boot] = cur_end
             birth = msgs.get((cur_boot, 0))
+            if birth is None and (cur_boot, 0) in covered:
+                # The birth itself was dropped by an overflowing outbox (and signed for in a gap
+                # record): its prev is gone, so the boot before ends at its last stored or gapped seq.
+                a.dropped_births += 1
+                earlier = [k for k in (*msgs, *covered) if k[0] < cur_boot]
+                if not earlier:
+                    break
+                cur_boot = max(k[0] for k in earlier)
+                cur_end = max(k[1] for k in earlier if k[0] == cur_boot)
+                continue
             if birth is None:
                 a.missing_births += 1
                 break
