@@ -41,7 +41,7 @@ tflite-runtime:
 	PYTHON=$(PYTHON) sh tools/test-tflite-runtime.sh
 
 bench: venv
-	$(BIN)/python bench/envelope.py
+	$(BIN)/python bench/run_all.py
 
 clean:
 	rm -rf $(VENV) .venv-tflite .mypy_cache .ruff_cache .pytest_cache

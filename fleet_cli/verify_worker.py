@@ -206,11 +206,14 @@ def _worker_main(conn: Connection, fleet: str) -> None:
             data = conn.recv_bytes()
         except (EOFError, OSError):
             return
-        if not data:
-            conn.send_bytes(b"")
+        items: list[Item] = pickle.loads(data) if data else []  # noqa: S301 - from our own parent only
+        reply = pickle.dumps(verify_chunk(fleet, items, verifiers), pickle.HIGHEST_PROTOCOL) if data else b""
+        try:
+            conn.send_bytes(reply)
+        except OSError:  # the collector is gone (even SIGKILLed): nothing to answer to
             return
-        items: list[Item] = pickle.loads(data)  # noqa: S301 - from our own parent process only
-        conn.send_bytes(pickle.dumps(verify_chunk(fleet, items, verifiers), pickle.HIGHEST_PROTOCOL))
+        if not data:
+            return
 
 
 class VerifyWorkerError(FleetError):
