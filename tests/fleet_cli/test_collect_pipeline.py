@@ -7,7 +7,6 @@ import os
 import signal
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,19 +26,6 @@ from tests.fleet_cli._collect_sim import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def registry(tmp_path: Path) -> Iterator[Registry]:
-    with Registry(tmp_path / "registry.db") as reg:
-        yield reg
-
-
-@pytest.fixture
-def pub(mosquitto: Broker) -> Iterator[Publisher]:
-    p = Publisher(mosquitto.host, mosquitto.port)
-    yield p
-    p.close()
 
 
 def _verdicts(path: Path) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import sqlite3
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,19 +25,6 @@ from tests.fleet_cli._collect_sim import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def registry(tmp_path: Path) -> Iterator[Registry]:
-    with Registry(tmp_path / "registry.db") as reg:
-        yield reg
-
-
-@pytest.fixture
-def pub(mosquitto: Broker) -> Iterator[Publisher]:
-    p = Publisher(mosquitto.host, mosquitto.port)
-    yield p
-    p.close()
 
 
 def rows(path: Path) -> list[tuple[str, int, int]]:
