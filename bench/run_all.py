@@ -12,6 +12,7 @@ the cores), then every figure is set against its baseline from the same run and 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import importlib.metadata
 import json
@@ -20,6 +21,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -103,183 +105,66 @@ def _get(r: dict[str, Any], bench: str, key: str) -> Any:
     return r.get(bench, {}).get(key)
 
 
+# One row per figure: (figure, (bench, key) of the value, unit, baseline text, (bench, key) of the baseline
+# or a constant, goal text, goal check, what the check looks at: the "ratio" to the baseline or the "value").
+Ref = tuple[str, str]
+Check = Callable[[float], bool] | None
+FIGURES: list[tuple[str, Ref, str, str, Ref | float | None, str, Check, str]] = [
+    ("envelope open (verify + strict decode)", ("envelope", "open_us"), "µs",
+     "PyNaCl verify of the same bytes", ("envelope", "raw_verify_us"), "≤ 1.3x", lambda x: x <= 1.3, "ratio"),
+    ("envelope seal (canonical CBOR + sign)", ("envelope", "seal_us"), "µs",
+     "PyNaCl sign of the same bytes", ("envelope", "raw_sign_us"), "≤ 1.6x", lambda x: x <= 1.6, "ratio"),
+    ("frame decoder (64-byte reads)", ("frames", "decode_bytes_per_s"), "B/s",
+     "a 921600-baud line", 92160.0, "≥ 10x", lambda x: x >= 10, "ratio"),
+    ("corrupt frames accepted at BER 1e-4", ("frames", "corrupt_accepted"), "frames",
+     "{frames[corrupt_frames]} corrupt of {frames[frames]}", None, "0", lambda x: x == 0, "value"),
+    ("agent sustained results (one core, QoS 1)", ("agent", "results_per_s"), "results/s",
+     "paho QoS 1 publish, PUBACK awaited", ("baselines", "paho_pub_qos1_rate"), "≥ 2000 results/s",
+     lambda x: x >= 2000, "value"),
+    ("agent overhead per result p50 (no inference)", ("agent", "overhead_us_p50"), "µs",
+     "inference p50", ("agent", "inference_us_p50"), "≤ 150 µs", lambda x: x <= 150, "value"),
+    ("agent RSS (ai-edge-litert)", ("agent", "rss_mb_litert"), "MiB", "", None, "≤ 80 MiB",
+     lambda x: x <= 80, "value"),
+    ("agent RSS (tflite-runtime)", ("agent", "rss_mb_tflite_runtime"), "MiB", "", None, "≤ 80 MiB",
+     lambda x: x <= 80, "value"),
+    ("agent first result after start", ("agent", "first_result_s"), "s", "", None, "≤ 2 s",
+     lambda x: x <= 2, "value"),
+    ("collector ingest (verify + chain + store + ack)", ("ingest", "collector_rate"), "msg/s",
+     "PyNaCl verify alone, one core", ("ingest", "verify_rate"), "≥ 0.6x", lambda x: x >= 0.6, "ratio"),
+    ("collector ingest vs raw paho", ("ingest", "collector_rate"), "msg/s",
+     "paho subscriber, empty callback", ("ingest", "raw_paho_rate"), "reported", None, "ratio"),
+    ("collector ingest vs raw mosquitto_sub", ("ingest", "collector_rate"), "msg/s",
+     "mosquitto_sub draining a backlog", ("baselines", "mosquitto_sub_rate"), "reported", None, "ratio"),
+    ("collector ingest vs raw SQLite inserts", ("ingest", "collector_rate"), "msg/s",
+     "executemany, 500-row transactions, WAL", ("baselines", "sqlite_insert_rate"), "reported", None,
+     "ratio"),
+    ("two collectors ($share, one store)", ("ingest", "two_collectors_rate"), "msg/s",
+     "one collector", ("ingest", "collector_rate"), "≥ 1.5x", lambda x: x >= 1.5, "ratio"),
+    ("latency publish → verified republish p50", ("ingest", "latency_ms_p50"), "ms",
+     "at {ingest[latency_rate]} msg/s", None, "reported", None, "value"),
+    ("latency publish → verified republish p95", ("ingest", "latency_ms_p95"), "ms", "", None, "reported",
+     None, "value"),
+]  # fmt: skip
+
+
 def comparisons(r: dict[str, Any]) -> list[dict[str, Any]]:
     """Each figure, its baseline from the same run, the ratio, the goal and whether it is met."""
     rows: list[dict[str, Any]] = []
-
-    def add(
-        figure: str,
-        value: Any,
-        unit: str,
-        baseline: str = "",
-        base: Any = None,
-        goal: str = "",
-        check: Any = None,
-        ratio: Any = None,
-    ) -> None:
-        if ratio is None and isinstance(value, (int, float)) and isinstance(base, (int, float)) and base:
+    for figure, ref, unit, baseline_text, base_ref, goal, check, on in FIGURES:
+        value = _get(r, *ref)
+        base = _get(r, *base_ref) if isinstance(base_ref, tuple) else base_ref
+        ratio = None
+        if isinstance(value, (int, float)) and isinstance(base, (int, float)) and base:
             ratio = round(value / base, 3)
-        met = None if check is None or value is None else bool(check(value if ratio is None else ratio))
+        looked_at = ratio if on == "ratio" else value
+        met = None if check is None or looked_at is None else bool(check(looked_at))
+        baseline = baseline_text
+        with contextlib.suppress(KeyError, TypeError, ValueError):  # a text naming values of the run
+            baseline = baseline_text.format_map(r)
         rows.append(
-            {
-                "figure": figure,
-                "value": value,
-                "unit": unit,
-                "baseline": baseline,
-                "baseline_value": base,
-                "ratio": ratio,
-                "goal": goal,
-                "met": met,
-            }
-        )
-
-    add(
-        "envelope open (verify + strict decode)",
-        _get(r, "envelope", "open_us"),
-        "µs",
-        "PyNaCl verify of the same bytes",
-        _get(r, "envelope", "raw_verify_us"),
-        "≤ 1.3x",
-        lambda x: x <= 1.3,
-    )
-    add(
-        "envelope seal (canonical CBOR + sign)",
-        _get(r, "envelope", "seal_us"),
-        "µs",
-        "PyNaCl sign of the same bytes",
-        _get(r, "envelope", "raw_sign_us"),
-        "≤ 1.6x",
-        lambda x: x <= 1.6,
-    )
-    add(
-        "frame decoder (64-byte reads)",
-        _get(r, "frames", "decode_bytes_per_s"),
-        "B/s",
-        "a 921600-baud line",
-        92160,
-        "≥ 10x",
-        lambda x: x >= 10,
-    )
-    add(
-        "corrupt frames accepted at BER 1e-4",
-        _get(r, "frames", "corrupt_accepted"),
-        "frames",
-        f"{_get(r, 'frames', 'corrupt_frames')} corrupt of {_get(r, 'frames', 'frames')}",
-        None,
-        "0",
-        lambda x: x == 0,
-    )
-    add(
-        "agent sustained results (one core, QoS 1)",
-        _get(r, "agent", "results_per_s"),
-        "results/s",
-        "paho QoS 1 publish, PUBACK awaited",
-        _get(r, "baselines", "paho_pub_qos1_rate"),
-        "≥ 2000 results/s",
-        lambda x: True,
-    )
-    rows[-1]["met"] = (_get(r, "agent", "results_per_s") or 0) >= 2000
-    add(
-        "agent overhead per result p50 (no inference)",
-        _get(r, "agent", "overhead_us_p50"),
-        "µs",
-        "inference p50",
-        _get(r, "agent", "inference_us_p50"),
-        "≤ 150 µs",
-        lambda x: True,
-    )
-    rows[-1]["met"] = (_get(r, "agent", "overhead_us_p50") or 1e9) <= 150
-    add(
-        "agent RSS (ai-edge-litert)",
-        _get(r, "agent", "rss_mb_litert"),
-        "MiB",
-        "",
-        None,
-        "≤ 80 MiB",
-        lambda x: x <= 80,
-    )
-    add(
-        "agent RSS (tflite-runtime)",
-        _get(r, "agent", "rss_mb_tflite_runtime"),
-        "MiB",
-        "",
-        None,
-        "≤ 80 MiB",
-        lambda x: x <= 80,
-    )
-    add(
-        "agent first result after start",
-        _get(r, "agent", "first_result_s"),
-        "s",
-        "",
-        None,
-        "≤ 2 s",
-        lambda x: x <= 2,
-    )
-    col = _get(r, "ingest", "collector_rate")
-    add(
-        "collector ingest (verify + chain + store + ack)",
-        col,
-        "msg/s",
-        "PyNaCl verify alone, one core",
-        _get(r, "ingest", "verify_rate"),
-        "≥ 0.6x",
-        lambda x: x >= 0.6,
-    )
-    add(
-        "collector ingest vs raw paho",
-        col,
-        "msg/s",
-        "paho subscriber, empty callback",
-        _get(r, "ingest", "raw_paho_rate"),
-        "reported",
-        None,
-    )
-    add(
-        "collector ingest vs raw mosquitto_sub",
-        col,
-        "msg/s",
-        "mosquitto_sub draining a backlog",
-        _get(r, "baselines", "mosquitto_sub_rate"),
-        "reported",
-        None,
-    )
-    add(
-        "collector ingest vs raw SQLite inserts",
-        col,
-        "msg/s",
-        "executemany, 500-row transactions, WAL",
-        _get(r, "baselines", "sqlite_insert_rate"),
-        "reported",
-        None,
-    )
-    add(
-        "two collectors ($share, one store)",
-        _get(r, "ingest", "two_collectors_rate"),
-        "msg/s",
-        "one collector",
-        col,
-        "≥ 1.5x",
-        lambda x: x >= 1.5,
-    )
-    add(
-        "latency publish → verified republish p50",
-        _get(r, "ingest", "latency_ms_p50"),
-        "ms",
-        f"at {_get(r, 'ingest', 'latency_rate')} msg/s",
-        None,
-        "reported",
-        None,
-    )
-    add(
-        "latency publish → verified republish p95",
-        _get(r, "ingest", "latency_ms_p95"),
-        "ms",
-        "",
-        None,
-        "reported",
-        None,
-    )
+            {"figure": figure, "value": value, "unit": unit, "baseline": baseline, "baseline_value": base,
+             "ratio": ratio, "goal": goal, "met": met}
+        )  # fmt: skip
     return rows
 
 
