@@ -32,7 +32,7 @@ from typing import Any
 from broker_config.files import blocking_dir
 from broker_config.passwd import hash_password
 from broker_config.runner import MosquittoProcess, free_port, mosquitto_binary
-from edge_protocol.envelope import EnvelopeError, decode_unverified, seal
+from edge_protocol.envelope import decode_unverified, seal
 from edge_protocol.keys import Signer, read_private_key
 from edge_protocol.topics import Channel, device_topic, fleet_device_filter
 from fleet_cli.errors import FleetError, UsageError
@@ -406,13 +406,10 @@ class Demo:
         with self._lock:
             raw = self._captured.get(dev)
         if raw is None and self.collector is not None:
-            raw = self.collector_latest_raw(dev)
+            from fleet_cli.demo_collector import latest_result_raw
+
+            raw = latest_result_raw(self, dev)
         return raw
-
-    def collector_latest_raw(self, dev: str) -> bytes | None:
-        from fleet_cli.demo_collector import latest_result_raw
-
-        return latest_result_raw(self, dev)
 
     def attack(self) -> None:
         """Inject a tampered result, a result signed by an unknown key, and a replay."""
@@ -508,11 +505,3 @@ class Demo:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def decode_label(raw: bytes) -> str | None:
-    try:
-        out = decode_unverified(raw).payload.get(10)
-    except EnvelopeError:
-        return None
-    return out.get("label") if isinstance(out, dict) else None
