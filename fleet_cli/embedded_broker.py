@@ -10,17 +10,43 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
 from broker_config.runner import free_port
 from fleet_cli.errors import FleetError
 
+_log = logging.getLogger(__name__)
+
 # How long the embedded broker may take to open its listener or to shut down.
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
 # A demo runs a few dozen clients; the bound keeps a runaway test from exhausting file descriptors.
 MAX_CONNECTIONS = 256
+
+
+class _SnapshotDict(dict[str, Any]):
+    """A dict whose iteration works on a copy of its keys or items.
+
+    amqtt 0.11-0.12 iterates ``Broker._subscriptions`` with ``await`` inside the loop (retained messages for a
+    new session, broadcasts); a client that subscribes meanwhile changes the dict's size and the iterating
+    coroutine dies with ``RuntimeError: dictionary changed size during iteration``, dropping that client's
+    connection. Iterating a snapshot keeps the broker's semantics (a filter added meanwhile is simply not
+    visited by the loop already running) without the crash.
+    """
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(dict.keys(self)))
+
+    def keys(self) -> list[str]:  # type: ignore[override]
+        return list(dict.keys(self))
+
+    def values(self) -> list[Any]:  # type: ignore[override]
+        return list(dict.values(self))
+
+    def items(self) -> list[tuple[str, Any]]:  # type: ignore[override]
+        return list(dict.items(self))
 
 
 class EmbeddedBroker:
@@ -34,6 +60,8 @@ class EmbeddedBroker:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        # Exceptions that escaped amqtt's own handlers (it would otherwise print a traceback per client).
+        self.internal_errors = 0
 
     def start(self) -> EmbeddedBroker:
         try:
@@ -55,10 +83,15 @@ class EmbeddedBroker:
         loop = asyncio.new_event_loop()
         self._loop = loop
 
+        loop.set_exception_handler(self._on_loop_exception)
+
         def run() -> None:
             asyncio.set_event_loop(loop)
             try:
                 self._broker = Broker(config, loop=loop)
+                subscriptions = getattr(self._broker, "_subscriptions", None)
+                if type(subscriptions) is dict:
+                    self._broker._subscriptions = _SnapshotDict(subscriptions)
                 loop.run_until_complete(self._broker.start())
             except BaseException as e:  # reported to start() below
                 self._error = e
@@ -77,6 +110,13 @@ class EmbeddedBroker:
             raise FleetError(f"the embedded broker did not start on {self.host}:{self.port}: {self._error}")
         return self
 
+    def _on_loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """One line per escaped exception instead of asyncio's traceback; counted in ``internal_errors``."""
+        self.internal_errors += 1
+        exc = context.get("exception")
+        detail = f"{type(exc).__name__}: {exc}" if exc is not None else str(context.get("message", "?"))
+        _log.warning("embedded broker: a client's session ended with an internal amqtt error (%s)", detail)
+
     def stop(self) -> None:
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
@@ -86,7 +126,7 @@ class EmbeddedBroker:
             try:
                 fut.result(STOP_TIMEOUT_S)
             except Exception:
-                logging.getLogger(__name__).debug("embedded broker shutdown failed", exc_info=True)
+                _log.debug("embedded broker shutdown failed", exc_info=True)
         if loop.is_running():
             loop.call_soon_threadsafe(loop.stop)
         thread.join(STOP_TIMEOUT_S)

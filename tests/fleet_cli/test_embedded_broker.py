@@ -53,3 +53,51 @@ def test_stop_is_idempotent_and_frees_the_port() -> None:
     broker.stop()
     with EmbeddedBroker(port=port):
         pass
+
+
+def test_clients_connecting_while_others_subscribe() -> None:
+    """amqtt iterates its subscription table across awaits (retained messages for a new session); clients
+    subscribing meanwhile used to kill the connecting session with "dictionary changed size during
+    iteration" (seen in CI with ``fleet demo --broker embedded``). Every client here must get its own
+    message back, and no exception may escape amqtt."""
+    n = 40
+    with EmbeddedBroker() as broker:
+        # A retained message and a subscription matching it make every new session's retained-message
+        # loop yield, which is the window the race needs.
+        keeper = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="keeper", protocol=mqtt.MQTTv311)
+        keeper.connect(broker.host, broker.port)
+        keeper.loop_start()
+        keeper.subscribe("retained/#", qos=1)
+        for i in range(20):
+            keeper.publish(f"retained/{i}", b"r" * 64, qos=1, retain=True).wait_for_publish(10)
+        received: dict[str, threading.Event] = {f"c{i}": threading.Event() for i in range(n)}
+        clients: list[mqtt.Client] = []
+
+        def on_connect(client: mqtt.Client, userdata: str, *rest: object) -> None:
+            client.subscribe(f"own/{userdata}", qos=1)
+
+        def on_subscribe(client: mqtt.Client, userdata: str, *rest: object) -> None:
+            client.publish(f"own/{userdata}", userdata.encode(), qos=1)
+
+        def on_message(client: mqtt.Client, userdata: str, msg: mqtt.MQTTMessage) -> None:
+            if msg.topic == f"own/{userdata}":
+                received[userdata].set()
+
+        try:
+            for name in received:
+                c = mqtt.Client(
+                    mqtt.CallbackAPIVersion.VERSION2, client_id=name, userdata=name, protocol=mqtt.MQTTv311
+                )
+                c.on_connect = on_connect
+                c.on_subscribe = on_subscribe
+                c.on_message = on_message
+                c.connect_async(broker.host, broker.port)
+                c.loop_start()
+                clients.append(c)
+            missing = [name for name, ev in received.items() if not ev.wait(20)]
+            assert missing == [], f"{len(missing)} of {n} clients never got their message back"
+            assert broker.internal_errors == 0
+        finally:
+            for c in [*clients, keeper]:
+                c.disconnect()
+                c.loop_stop()
