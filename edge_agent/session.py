@@ -23,7 +23,8 @@ Delivery (DESIGN §3):
 4. Reconnects back off exponentially (``backoff_min_s`` doubling up to ``backoff_max_s``) with ±50 %
    jitter, so a fleet does not reconnect in lock step after a broker restart.
 5. MQTT 5 is tried first (``protocol = "auto"``); a broker that refuses it (CONNACK "unsupported
-   protocol version", or a close before any CONNACK) is retried at once with MQTT 3.1.1.
+   protocol version"), never answers it, or keeps closing before any CONNACK is tried with MQTT 3.1.1
+   (:mod:`edge_agent.mqtt_version` weighs the evidence, so a network fault does not pin 3.1.1).
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge_agent.config import Delivery, MqttConfig, MqttVersion
+from edge_agent.config import Delivery, MqttConfig
 from edge_agent.errors import SessionError
+from edge_agent.mqtt_version import Cause, VersionPolicy
 from edge_agent.outbox import Entry, Outbox
 from edge_protocol.envelope import EnvelopeError, KeyRing, open_envelope
 from edge_protocol.payload import Kind
@@ -64,6 +66,7 @@ TICK_S = 1.0
 # MQTT 3.1.1 CONNACK return code 1 and MQTT 5 reason 0x84 (132): "unacceptable/unsupported protocol
 # version" (MQTT 3.1.1 §3.2.2.3, MQTT 5 §3.2.2.2).
 _UNSUPPORTED_PROTOCOL = (1, 132)
+_NO_CONNACK = "no CONNACK in time"
 # A password file holds one line; more than 4 KiB is not one.
 MAX_PASSWORD_BYTES = 4096
 
@@ -89,6 +92,7 @@ class SessionCounters:
     publish_refused: int = 0  # PUBACKs with an error reason (MQTT 5)
     deleted: int = 0  # outbox entries deleted by acks
     protocol: str = ""
+    protocol_fallbacks: int = 0  # attempts switched from MQTT 5 to 3.1.1
 
 
 @dataclass
@@ -179,7 +183,7 @@ class Session:
         self.counters = SessionCounters()
         self.state = State.DISCONNECTED
 
-        self._use_v5 = cfg.protocol is not MqttVersion.V311
+        self._version = VersionPolicy(cfg.protocol, clock)
         self._client: Any = None
         self._stop = threading.Event()
         self._flush_deadline = 0.0
@@ -308,7 +312,7 @@ class Session:
             self._lost(f"paho rc {rc}")
             return
         if self.state is State.CONNECTING and now - self._connecting_since > self.cfg.connect_timeout_s:
-            self._lost("no CONNACK in time")
+            self._lost(_NO_CONNACK)
             return
         if self.state is State.CONNECTED:
             self._pump()
@@ -322,9 +326,9 @@ class Session:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
-        proto = mqtt.MQTTv5 if self._use_v5 else mqtt.MQTTv311
+        proto = mqtt.MQTTv5 if self._version.use_v5 else mqtt.MQTTv311
         kwargs: dict[str, Any] = {}
-        if not self._use_v5:
+        if not self._version.use_v5:
             kwargs["clean_session"] = True
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=self.cfg.client_id, protocol=proto, **kwargs
@@ -345,14 +349,15 @@ class Session:
 
     def _connect(self) -> None:
         self._client = self._new_client()
-        self.counters.protocol = "5" if self._use_v5 else "3.1.1"
+        self.counters.protocol = "5" if self._version.use_v5 else "3.1.1"
         self._got_connack = False
         try:
-            if self._use_v5:
+            if self._version.use_v5:
                 self._client.connect(self.cfg.host, self.cfg.port, self.cfg.keepalive_s, clean_start=True)
             else:
                 self._client.connect(self.cfg.host, self.cfg.port, self.cfg.keepalive_s)
         except (OSError, ssl.SSLError, ValueError) as e:
+            self._version.unreachable()
             self._failed(f"cannot connect to {self.cfg.host}:{self.cfg.port}: {e}")
             return
         self.state = State.CONNECTING
@@ -387,19 +392,22 @@ class Session:
 
     def _lost(self, why: str) -> None:
         was_connected = self.state is State.CONNECTED
-        if not self._got_connack and self._use_v5 and self.cfg.protocol is MqttVersion.AUTO:
-            # A 3.1.1-only broker may close the socket on a v5 CONNECT instead of answering.
-            self._fallback("connection closed before CONNACK")
-            return
+        if not self._got_connack:
+            cause = Cause.TIMED_OUT if why == _NO_CONNACK else Cause.CLOSED
+            if self._version.no_connack(cause):
+                # A 3.1.1-only broker may close the socket on, or never answer, an MQTT 5 CONNECT.
+                self._fallback(f"no CONNACK to MQTT 5: {cause.value}")
+                return
         if was_connected:
+            self._version.disconnected()
             self.counters.disconnects += 1
             log.warning("mqtt: connection lost (%s)", why)
             self._attempt = 0
         self._failed(why)
 
     def _fallback(self, why: str) -> None:
-        log.info("mqtt: broker refused MQTT 5 (%s); using MQTT 3.1.1", why)
-        self._use_v5 = False
+        log.info("mqtt: %s; trying MQTT 3.1.1", why)
+        self.counters.protocol_fallbacks = self._version.fallbacks
         self._drop_client()
         self._next_attempt = self._clock()
 
@@ -444,10 +452,11 @@ class Session:
         self._got_connack = True
         value = int(getattr(reason_code, "value", reason_code))
         failed = bool(getattr(reason_code, "is_failure", value != 0))
+        if failed and value in _UNSUPPORTED_PROTOCOL and self._version.refused():
+            self._fallback(f"broker refused MQTT 5 (CONNACK {reason_code})")
+            return
+        self._version.answered()
         if failed:
-            if value in _UNSUPPORTED_PROTOCOL and self._use_v5 and self.cfg.protocol is MqttVersion.AUTO:
-                self._fallback(f"CONNACK {reason_code}")
-                return
             self._failed(f"broker refused the connection: {reason_code}")
             return
         self.state = State.CONNECTED

@@ -261,3 +261,38 @@ def test_falls_back_to_mqtt_311_and_reconnects_cleanly(tmp_path: Path) -> None:
             assert c.wait_for(lambda: agent.outbox is not None and agent.outbox.depth == 0, 10)
         finally:
             rig.close()
+
+
+def test_an_outage_does_not_pin_mqtt_311(rig_factory: Any, mosquitto: Broker) -> None:
+    """Connections reset right after accept (an outage behind a load balancer, a broker restarting) look
+    like a broker closing on MQTT 5. With protocol "auto" against Mosquitto the agent must come back to
+    MQTT 5: the outage may cost at most the one connection that was probing 3.1.1 when it ended."""
+    from tests.faults.proxy import FaultProxy
+
+    proxy = FaultProxy((mosquitto.host, mosquitto.port))
+    try:
+        rig = rig_factory(mqtt_extra='protocol = "auto"\nconnect_timeout_s = 5.0')
+        rig.conf.write_text(
+            rig.conf.read_text().replace(f"port = {mosquitto.port}\n", f"port = {proxy.port}\n")
+        )
+        proxy.outage(True)
+        agent = rig.start()
+        assert agent.session is not None
+        session = agent.session
+        assert rig.collector.wait_for(lambda: session.counters.connect_failures >= 8, 20)
+        proxy.outage(False)
+        rig.source.feed([sample(i) for i in range(40)])
+        c = rig.collector
+        assert c.wait_for(lambda: len(c.messages) >= 5, 20), c.errors
+        connects = session.counters.connects
+        if session.counters.protocol != "5":  # the outage ended on a 3.1.1 probe: one connection
+            proxy.reset_all()
+            assert c.wait_for(lambda: session.counters.connects > connects, 20)
+        assert session.counters.protocol == "5"
+        connects = session.counters.connects
+        proxy.reset_all()  # and a reconnect after a normal connection loss stays on MQTT 5
+        assert c.wait_for(lambda: session.counters.connects > connects, 20)
+        assert session.counters.protocol == "5"
+        assert not c.errors
+    finally:
+        proxy.close()
