@@ -22,7 +22,7 @@ from fleet_cli.home import FleetHome
 from fleet_cli.init_cmd import HomeOption
 from fleet_cli.mqtt import Protocol, settings_from_home
 from fleet_cli.registry import Registry
-from fleet_cli.store import default_store_path
+from fleet_cli.store import QUARANTINE_MAX_ROWS, default_store_path
 
 StoreOption = Annotated[Path | None, typer.Option("--store", help="SQLite store (default: <home>/store.db).")]
 
@@ -62,6 +62,14 @@ def collect(
     log_interval: Annotated[
         float, typer.Option("--log-interval", help="Seconds between progress logs.")
     ] = 30.0,
+    quarantine_max: Annotated[
+        int,
+        typer.Option(
+            "--quarantine-max",
+            help="Rejected messages kept with their raw bytes; beyond it the oldest rows of the devices"
+            " with the most are evicted (still counted per verdict).",
+        ),
+    ] = QUARANTINE_MAX_ROWS,
 ) -> None:
     """Verify, store and acknowledge every device message until SIGTERM (then flush and exit 0)."""
     fleet_home = FleetHome.load(home)
@@ -72,6 +80,11 @@ def collect(
             raise UsageError(str(e), hint=e.hint) from None
     if reorder_timeout <= 0 or ack_interval < 0:
         raise UsageError("--reorder-timeout must be positive and --ack-interval not negative")
+    if quarantine_max < 1:
+        raise UsageError(
+            f"--quarantine-max must be at least 1 row, got {quarantine_max}",
+            hint=f"the default is {QUARANTINE_MAX_ROWS:,}; evicted rows are counted, not kept",
+        )
     name = user or fleet_home.config.collector_user
     mqtt = settings_from_home(
         fleet_home, name, host=host, port=port, password=password, tls_ca=tls_ca, protocol=protocol
@@ -93,6 +106,7 @@ def collect(
         log_interval_s=log_interval,
         metrics_port=metrics_port,
         metrics_addr=metrics_addr,
+        quarantine_max=quarantine_max,
     )
     pkg = logging.getLogger("fleet_cli")
     if pkg.getEffectiveLevel() > logging.INFO:  # progress lines are the point of a foreground collector
@@ -102,8 +116,9 @@ def collect(
         collector = Collector(config, registry, signer)
         collector.run_forever()
     s = collector.snapshot()
+    evicted = f", {s.quarantine_evicted} quarantine rows evicted" if s.quarantine_evicted else ""
     typer.echo(
         f"collector stopped: {s.accepted} accepted, {sum(s.rejected.values())} rejected,"
-        f" {s.duplicates} duplicates, {s.gaps} gap seqs",
+        f" {s.duplicates} duplicates, {s.gaps} gap seqs{evicted}",
         err=True,
     )

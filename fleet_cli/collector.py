@@ -27,6 +27,9 @@ Threads and hand-offs (FIELD-NOTES: one network thread, never block in a callbac
   triggers a fresh ack.
 * DUPLICATE is counted (per device in the store, per collector in the stats), not quarantined: the
   stored copy is byte-for-byte the same payload.
+* The quarantine holds at most ``quarantine_max`` rows (:data:`~fleet_cli.store.QUARANTINE_MAX_ROWS`);
+  the store evicts the oldest rows of the devices holding the most and counts them per verdict. The
+  first eviction of a run is logged once as a warning; the count is in the stats and the metrics.
 """
 
 from __future__ import annotations
@@ -73,7 +76,16 @@ from fleet_cli.mqtt import RECEIVE_MAXIMUM, MqttSettings
 from fleet_cli.mqtt import Link as MqttLink
 from fleet_cli.mqtt import Protocol as MqttProtocol
 from fleet_cli.registry import ConflictError, NotFoundError, Registry
-from fleet_cli.store import Batch, Candidate, CommitResult, GapRange, Rejected, StateUpdate, Store
+from fleet_cli.store import (
+    QUARANTINE_MAX_ROWS,
+    Batch,
+    Candidate,
+    CommitResult,
+    GapRange,
+    Rejected,
+    StateUpdate,
+    Store,
+)
 from fleet_cli.verify_worker import (
     Answer,
     Item,
@@ -169,6 +181,7 @@ class CollectorConfig:
     receive_maximum: int = RECEIVE_MAXIMUM
     verify_workers: int = VERIFY_WORKERS  # processes verifying signatures; 0 = in the worker thread
     chain_keep_recent: int = CHAIN_KEEP_RECENT
+    quarantine_max: int = QUARANTINE_MAX_ROWS  # rows; the store evicts (and counts) beyond it
 
     def __repr__(self) -> str:
         return (
@@ -447,6 +460,7 @@ class CollectorStats:
     queue_depth: int
     online: int
     dropped_qos0: int
+    quarantine_evicted: int  # quarantine rows this collector's commits evicted (the bound)
     error: str | None
 
     def to_json(self) -> dict[str, Any]:
@@ -465,6 +479,7 @@ class CollectorStats:
             "queue_depth": self.queue_depth,
             "online": self.online,
             "dropped_qos0": self.dropped_qos0,
+            "quarantine_evicted": self.quarantine_evicted,
             "error": self.error,
         }
 
@@ -487,6 +502,7 @@ class _Counters:
     gaps: int = 0
     batches: int = 0
     dropped_qos0: int = 0
+    quarantine_evicted: int = 0
     latency: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
     rate_marks: deque[tuple[float, int]] = field(default_factory=deque)
     states: dict[str, tuple[str, int | None]] = field(default_factory=dict)
@@ -568,7 +584,7 @@ class Collector:
     def start(self) -> None:
         """Open the store, restore the chain, connect and subscribe; returns once subscribed."""
         cfg = self.config
-        store = Store(cfg.store_path)
+        store = Store(cfg.store_path, quarantine_max=cfg.quarantine_max)
         chain = ChainVerifier(cfg.reorder_timeout_s, recall=store.recall, keep_recent=cfg.chain_keep_recent)
         for dev, heads in store.restore_heads().items():
             chain.restore(dev, [Head(b, s, m) for b, s, m in heads])
@@ -585,7 +601,12 @@ class Collector:
         if cfg.metrics_port is not None:
             from fleet_cli.metrics import CollectorMetrics
 
-            self._metrics = CollectorMetrics(sum(store.quarantine_counts().values()))
+            tally = store.quarantine_tally().values()
+            self._metrics = CollectorMetrics(
+                quarantine_kept=sum(c.kept for c in tally),
+                quarantine_evicted=sum(c.evicted for c in tally),
+                quarantine_max=cfg.quarantine_max,
+            )
             self._metrics_server = self._metrics.serve(cfg.metrics_port, cfg.metrics_addr)
         self._link = MqttLink(
             cfg.mqtt_settings(),
@@ -900,6 +921,9 @@ class Collector:
             for r in [*batch.rejected, *result.conflicts]:
                 c.rejected[r.verdict.value] = c.rejected.get(r.verdict.value, 0) + 1
             c.duplicates += sum(batch.duplicates.values()) + len(result.duplicates)
+            evicted = sum(result.quarantine.evicted_now.values()) if result.quarantine else 0
+            first_eviction = evicted > 0 and c.quarantine_evicted == 0
+            c.quarantine_evicted += evicted
             c.gaps += sum(g.last - g.first + 1 for g in result.gaps)
             for st in batch.states:
                 c.states[st.dev] = (st.state, st.boot)
@@ -907,6 +931,12 @@ class Collector:
             while len(c.rate_marks) > 2 and now - c.rate_marks[0][0] > RATE_WINDOW_S:
                 c.rate_marks.popleft()
             online = c.online()
+        if first_eviction:  # once per run: a flood would otherwise log a line per batch
+            log.warning(
+                "quarantine full (%d rows): evicting the oldest rows of the devices with the most;"
+                " evicted rows are counted per verdict (fleet status)",
+                self.config.quarantine_max,
+            )
         for g in result.gaps:
             log.warning("gap: %s boot %d seqs %d-%d missing after %.0f s", g.dev, g.boot, g.first, g.last,
                         self.config.reorder_timeout_s)  # fmt: skip
@@ -983,9 +1013,10 @@ class Collector:
 
     def _log_progress(self) -> None:
         s = self.snapshot()
+        evicted = f", {s.quarantine_evicted} quarantine rows evicted" if s.quarantine_evicted else ""
         log.info(
-            "ingest: %d accepted (%.0f/s), rejected %s, %d duplicates, %d gap seqs, queue %d",
-            s.accepted, s.msgs_per_s, s.rejected or "{}", s.duplicates, s.gaps, s.queue_depth,
+            "ingest: %d accepted (%.0f/s), rejected %s, %d duplicates, %d gap seqs, queue %d%s",
+            s.accepted, s.msgs_per_s, s.rejected or "{}", s.duplicates, s.gaps, s.queue_depth, evicted,
         )  # fmt: skip
 
     # -- observing --------------------------------------------------------------------------------
@@ -1014,6 +1045,7 @@ class Collector:
                 queue_depth=self._queue.qsize() + self._in_pipeline,
                 online=c.online(),
                 dropped_qos0=c.dropped_qos0,
+                quarantine_evicted=c.quarantine_evicted,
                 error=self._error,
             )
 

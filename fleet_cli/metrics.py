@@ -12,7 +12,10 @@ Exposed (all prefixed ``edgeseal_collector_``):
 * ``batch_size`` — histogram: messages per batch;
 * ``devices_online`` — gauge: devices whose last state is online (DESIGN §3 boot rule);
 * ``gap_seqs_total`` — counter: seqs reported missing after the reorder timeout;
-* ``quarantine_size`` — gauge: rows in the quarantine table (including those before this start);
+* ``quarantine_size`` — gauge: rows in the quarantine table (the store's, whoever wrote them);
+* ``quarantine_evicted`` — gauge: quarantine rows evicted since the store was created, by the bound or
+  by hand (monotonic; each is still counted per verdict in the store, ``fleet status`` shows them);
+* ``quarantine_max_rows`` — gauge: the bound (``fleet collect --quarantine-max``);
 * ``queue_depth`` — gauge: messages received and not yet decided.
 """
 
@@ -32,7 +35,7 @@ SIZE_BUCKETS = (1, 5, 10, 50, 100, 250, 500, 1000)
 
 
 class CollectorMetrics:
-    def __init__(self, quarantined_before: int = 0) -> None:
+    def __init__(self, *, quarantine_kept: int, quarantine_evicted: int, quarantine_max: int) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         p = "edgeseal_collector_"
         self.messages = Counter(
@@ -56,8 +59,18 @@ class CollectorMetrics:
         self.quarantine = Gauge(
             p + "quarantine_size", "Rows in the quarantine table.", registry=self.registry
         )
+        self.evicted = Gauge(
+            p + "quarantine_evicted",
+            "Quarantine rows evicted (raw bytes deleted, still counted) since the store was created.",
+            registry=self.registry,
+        )
+        self.quarantine_max = Gauge(
+            p + "quarantine_max_rows", "The quarantine table's bound (rows).", registry=self.registry
+        )
         self.queue = Gauge(p + "queue_depth", "Messages received, not yet decided.", registry=self.registry)
-        self.quarantine.set(quarantined_before)
+        self.quarantine.set(quarantine_kept)
+        self.evicted.set(quarantine_evicted)
+        self.quarantine_max.set(quarantine_max)
         self._mark = time.monotonic()
         self._accepted_since_mark = 0
 
@@ -73,7 +86,9 @@ class CollectorMetrics:
         rejected = [*batch.rejected, *result.conflicts]
         for r in rejected:
             self.messages.labels(r.verdict.value).inc()
-        self.quarantine.inc(len(rejected))
+        if result.quarantine is not None:  # the store's figures: right with several collectors too
+            self.quarantine.set(result.quarantine.kept)
+            self.evicted.set(result.quarantine.evicted)
         gap_seqs = sum(g.last - g.first + 1 for g in result.gaps)
         if gap_seqs:
             self.gaps.inc(gap_seqs)

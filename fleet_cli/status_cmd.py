@@ -1,4 +1,6 @@
-"""``fleet status``: per device online state, last seen, boot, seq, counters, models, agent, heartbeat.
+"""``fleet status``: per device online state, last seen, boot, seq, counters, models, agent, heartbeat;
+and the quarantine: per verdict, rows kept and rows evicted by the bound (``fleet collect
+--quarantine-max``), so that every rejected message is accounted for.
 
 Reads the collector's store (and the registry for devices that never sent anything); works while a
 collector runs (SQLite WAL readers do not block the writer).
@@ -60,6 +62,16 @@ def device_status(store: Store, registry: Registry | None) -> list[dict[str, Any
     return out
 
 
+def quarantine_status(store: Store) -> dict[str, Any]:
+    """What ``fleet status --json`` prints under ``quarantine``: totals and per verdict."""
+    tally = store.quarantine_tally()
+    return {
+        "kept": sum(c.kept for c in tally.values()),
+        "evicted": sum(c.evicted for c in tally.values()),
+        "by_verdict": {v: {"kept": c.kept, "evicted": c.evicted} for v, c in tally.items()},
+    }
+
+
 def _ago(ms: int | None, now_ms: int) -> str:
     if ms is None:
         return "-"
@@ -91,8 +103,10 @@ def status(
     path: Path = store or default_store_path(fleet_home.root)
     with Store(path, readonly=True) as st, Registry(fleet_home.registry_db) as reg:
         rows = device_status(st, reg)
+        quarantine = quarantine_status(st)
     if as_json or not sys.stdout.isatty():
-        typer.echo(json.dumps({"fleet": fleet_home.fleet, "devices": rows}, indent=None if as_json else 2))
+        doc = {"fleet": fleet_home.fleet, "devices": rows, "quarantine": quarantine}
+        typer.echo(json.dumps(doc, indent=None if as_json else 2))
         return
     from rich.console import Console
     from rich.table import Table
@@ -123,4 +137,15 @@ def status(
             str(r["agent_version"] or "-"),
             _metrics_text(r["metrics"]),
         )
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    if quarantine["by_verdict"]:
+        kept, evicted = quarantine["kept"], quarantine["evicted"]
+        console.print(
+            f"quarantine: {kept + evicted} rejected messages, {kept} kept with their bytes,"
+            f" {evicted} evicted by the bound (counted only): "
+            + ", ".join(
+                f"{v} {c['kept'] + c['evicted']}" + (f" ({c['evicted']} evicted)" if c["evicted"] else "")
+                for v, c in quarantine["by_verdict"].items()
+            )
+        )

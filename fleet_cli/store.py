@@ -10,7 +10,11 @@ Tables:
   restarted collector restores its chain verifier from.
 * ``devices`` — per device counters and the latest birth info / heartbeat metrics, for ``fleet status``.
 * ``keys`` — device keys seen in verified births (the registry holds the binding; this is history).
-* ``quarantine`` — every rejected message: raw bytes, topic, verdict, reason, time. Never pruned here.
+* ``quarantine`` — rejected messages: raw bytes, topic, verdict, reason, time. Bounded: at most
+  ``quarantine_max`` rows (:data:`QUARANTINE_MAX_ROWS` by default); see "The quarantine bound" below.
+* ``quarantine_tally`` — per verdict, rows kept and rows evicted: kept + evicted is every message ever
+  quarantined. ``quarantine_share`` — rows kept per device. Both are kept by triggers on ``quarantine``,
+  so they cannot drift from it, and any DELETE (the bound, or an operator by hand) counts as evicted.
 * ``gaps`` — missing seqs: ``source`` is ``device`` (a signed gap record) or ``timeout`` (still
   missing from the store after the reorder timeout).
 * ``states`` — the latest advisory ``state`` JSON of each device (DESIGN §3), unverified.
@@ -19,6 +23,14 @@ The store is the arbiter when several collectors share it (``--share``): :meth:`
 re-checks every candidate against the stored neighbours (same seq: DUPLICATE / EQUIVOCATION;
 ``prev`` of seq+1 or the msg_id of seq-1 disagreeing: FORK) inside the write transaction, so the
 outcome does not depend on which collector saw which message or in which order.
+
+The quarantine bound (a flood of rejected messages must not cost unbounded disk, and nothing may be
+lost silently, DESIGN §2 "never silently thrown away"): in the transaction that inserts rejected rows,
+if more than ``quarantine_max`` rows are kept, the excess goes, oldest first, from the devices holding
+the most rows (levelled down together, :func:`eviction_plan`), so that one flooding device evicts its
+own rows before any other device's evidence. Evicted rows are counted per verdict in
+``quarantine_tally``; :meth:`Store.quarantine_counts` reports kept + evicted. Schema 2 added the two
+tables and their triggers; opening a schema 1 store migrates it (and counts the rows it holds).
 """
 
 from __future__ import annotations
@@ -29,6 +41,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -36,7 +49,13 @@ from typing import Any
 from edge_protocol.envelope import Verdict
 from fleet_cli.errors import FleetError
 
-SCHEMA_VERSION = 1
+# 1: the first release; 2: the quarantine bound (quarantine_tally, quarantine_share, their triggers).
+SCHEMA_VERSION = 2
+# Default bound of the quarantine table (rows). A flood of hostile messages is typically a few hundred
+# bytes each (~30 MB at this bound); the worst case is every row an oversize envelope at the broker's
+# packet limit (69,632 bytes, broker_config.conf), ~6.5 GiB. 100,000 keeps the evidence of a whole
+# fault-suite attack run (10,300 hostile messages) ten times over.
+QUARANTINE_MAX_ROWS = 100_000
 # A second collector or a CLI reader may hold the write lock for one batch (tens of ms); wait this
 # long before giving up with an error.
 BUSY_TIMEOUT_S = 30.0
@@ -116,6 +135,44 @@ CREATE TABLE IF NOT EXISTS quarantine (
     cose        BLOB NOT NULL
 ) STRICT""",
     "CREATE INDEX IF NOT EXISTS quarantine_dev ON quarantine (dev)",
+    """
+CREATE TABLE IF NOT EXISTS quarantine_tally (
+    verdict     TEXT PRIMARY KEY,
+    kept        INTEGER NOT NULL DEFAULT 0,   -- rows of this verdict in quarantine now
+    evicted     INTEGER NOT NULL DEFAULT 0    -- rows of this verdict deleted from quarantine
+) STRICT""",
+    """
+CREATE TABLE IF NOT EXISTS quarantine_share (
+    dev         TEXT PRIMARY KEY,             -- '' for rows whose topic names no device
+    n           INTEGER NOT NULL              -- rows of this device in quarantine now (> 0)
+) STRICT""",
+    # (n, rowid): the devices with the most rows first, among equals the latest to (re)appear
+    "CREATE INDEX IF NOT EXISTS quarantine_share_n ON quarantine_share (n)",
+    # Migration from schema 1: count the rows already there (recounted from the table: idempotent).
+    """
+INSERT INTO quarantine_tally (verdict, kept) SELECT verdict, COUNT(*) FROM quarantine WHERE true
+GROUP BY verdict ON CONFLICT (verdict) DO UPDATE SET kept = excluded.kept""",
+    """
+INSERT INTO quarantine_share (dev, n) SELECT COALESCE(dev, ''), COUNT(*) FROM quarantine WHERE true
+GROUP BY COALESCE(dev, '') ON CONFLICT (dev) DO UPDATE SET n = excluded.n""",
+    """
+CREATE TRIGGER IF NOT EXISTS quarantine_counted_in AFTER INSERT ON quarantine
+BEGIN
+    INSERT INTO quarantine_tally (verdict, kept) VALUES (NEW.verdict, 1)
+        ON CONFLICT (verdict) DO UPDATE SET kept = kept + 1;
+    INSERT INTO quarantine_share (dev, n) VALUES (COALESCE(NEW.dev, ''), 1)
+        ON CONFLICT (dev) DO UPDATE SET n = n + 1;
+END""",
+    """
+CREATE TRIGGER IF NOT EXISTS quarantine_counted_out AFTER DELETE ON quarantine
+BEGIN
+    UPDATE quarantine_tally SET kept = kept - 1, evicted = evicted + 1 WHERE verdict = OLD.verdict;
+    UPDATE quarantine_share SET n = n - 1 WHERE dev = COALESCE(OLD.dev, '');
+    DELETE FROM quarantine_share WHERE dev = COALESCE(OLD.dev, '') AND n <= 0;
+END""",
+    """
+CREATE TRIGGER IF NOT EXISTS quarantine_no_update BEFORE UPDATE ON quarantine
+BEGIN SELECT RAISE(ABORT, 'quarantine rows are evidence: never updated (a DELETE counts as evicted)'); END""",
     """
 CREATE TABLE IF NOT EXISTS gaps (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -232,12 +289,62 @@ class AckHead:
 
 
 @dataclass(frozen=True)
+class QuarantineState:
+    """The quarantine after a commit that inserted rejected rows (store-wide: every collector's)."""
+
+    kept: int  # rows in the quarantine table
+    evicted: int  # rows evicted since the store was created
+    evicted_now: dict[str, int]  # verdict -> rows this commit evicted
+
+
+@dataclass(frozen=True)
+class QuarantineCount:
+    """One verdict's quarantined messages: ``kept`` rows still hold the raw bytes, ``evicted`` were
+    removed by the bound (only counted); ``total`` is every message ever quarantined with it."""
+
+    kept: int
+    evicted: int
+
+    @property
+    def total(self) -> int:
+        return self.kept + self.evicted
+
+
+@dataclass(frozen=True)
 class CommitResult:
     stored: list[Candidate]
     conflicts: list[Rejected]  # candidates the store refused (DUPLICATE already counted apart)
     duplicates: list[Candidate]  # candidates another collector had stored already
     heads: list[AckHead]  # (dev, boot) heads after the commit, for the touched pairs
     gaps: list[GapRange]  # timeout gaps that really are missing from the store
+    quarantine: QuarantineState | None = None  # None: the batch quarantined nothing
+
+
+def eviction_plan(shares: Iterable[tuple[str, int]], need: int) -> list[tuple[str, int]]:
+    """``(dev, rows)``: how many of its oldest rows each device gives up so that ``need`` rows go.
+
+    ``shares`` are ``(dev, rows kept)`` with the most rows first. The devices with the most rows are
+    levelled down together (water-filling): the result has the same counts as taking one row at a
+    time from whichever device holds the most, so one flooding device loses its own rows before any
+    other device loses one. Only as many ``shares`` are read as the plan needs: O(need) for any
+    number of devices. Among equals the first in ``shares`` give up a row first.
+    """
+    group: list[tuple[str, int]] = []  # (dev, rows before), all levelled down to ``level``
+    level = 0
+    taken = 0  # rows the group gives up at ``level``
+    for dev, n in chain(shares, [("", 0)]):  # the sentinel: lowering to 0 frees every row
+        if group:
+            rest = need - taken
+            if rest <= len(group) * max(1, level - n):  # lowering the group further is enough
+                full, extra = divmod(rest, len(group))
+                plan = [(d, before - level + full + int(i < extra)) for i, (d, before) in enumerate(group)]
+                return [(d, rows) for d, rows in plan if rows > 0]
+            if n == 0:
+                break
+            taken += len(group) * (level - n)
+        group.append((dev, n))
+        level = n
+    return [(d, before) for d, before in group if before > 0]  # need exceeds every row: all go
 
 
 def _now_ms() -> int:
@@ -247,8 +354,16 @@ def _now_ms() -> int:
 class Store:
     """The SQLite store at ``path``. One connection, used by one writer thread (plus readers)."""
 
-    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+    def __init__(
+        self, path: Path, *, readonly: bool = False, quarantine_max: int = QUARANTINE_MAX_ROWS
+    ) -> None:
         self.path = Path(path)
+        if quarantine_max < 1:
+            raise StoreError(
+                f"the quarantine bound must be at least 1 row, got {quarantine_max}",
+                hint="evicted rows are still counted, but at least the latest one keeps its raw bytes",
+            )
+        self.quarantine_max = quarantine_max
         self._lock = threading.RLock()
         try:
             if readonly:
@@ -284,6 +399,12 @@ class Store:
                         self._db.execute(stmt)
                     self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                     self._db.execute("COMMIT")
+            # a reader of a schema 1 store (its collector not restarted yet) counts the table itself
+            self._tallied = bool(
+                self._db.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'quarantine_tally'"
+                ).fetchone()
+            )
         except sqlite3.Error as e:
             raise StoreError(f"cannot open the store {self.path}: {e}") from e
         self._covered: dict[tuple[str, int], list[tuple[int, int]]] = {}
@@ -364,11 +485,13 @@ class Store:
                 gap_rows,
             )
         quarantined = [*batch.rejected, *conflicts]
+        quarantine = None
         if quarantined:
             db.executemany(
                 "INSERT INTO quarantine (t_received, topic, dev, verdict, reason, cose) VALUES (?,?,?,?,?,?)",
                 [(r.t_received, r.topic, r.dev, r.verdict.value, r.reason, r.cose) for r in quarantined],
             )
+            quarantine = self._bound_quarantine()
         for r in quarantined:
             if r.dev is not None:
                 rejected_by_dev[r.dev] = rejected_by_dev.get(r.dev, 0) + 1
@@ -392,7 +515,33 @@ class Store:
                 (s.dev, s.state, s.boot, s.t_device, s.t_received),
             )
         heads = [self._advance_head(dev, boot, now) for dev, boot in sorted(batch.touched)]
-        return CommitResult(stored, conflicts, dups, [h for h in heads if h is not None], gaps)
+        return CommitResult(stored, conflicts, dups, [h for h in heads if h is not None], gaps, quarantine)
+
+    def _bound_quarantine(self) -> QuarantineState:
+        """Evict down to :attr:`quarantine_max` rows (see the module docstring); the triggers count
+        every deleted row in ``quarantine_tally``."""
+        db = self._db
+        before = {v: (k, e) for v, k, e in db.execute("SELECT verdict, kept, evicted FROM quarantine_tally")}
+        kept = sum(k for k, _ in before.values())
+        need = kept - self.quarantine_max
+        if need <= 0:
+            return QuarantineState(kept, sum(e for _, e in before.values()), {})
+        cur = db.execute("SELECT dev, n FROM quarantine_share ORDER BY n DESC, rowid DESC")
+        plan = eviction_plan(cur, need)
+        cur.close()
+        for dev, rows in plan:
+            key = dev or None  # '' stands for rows whose topic names no device
+            (last,) = db.execute(
+                "SELECT id FROM quarantine WHERE dev IS ? ORDER BY id LIMIT 1 OFFSET ?", (key, rows - 1)
+            ).fetchone()
+            db.execute("DELETE FROM quarantine WHERE dev IS ? AND id <= ?", (key, last))
+        after = {v: (k, e) for v, k, e in db.execute("SELECT verdict, kept, evicted FROM quarantine_tally")}
+        now = {v: e - before.get(v, (0, 0))[1] for v, (_, e) in after.items()}
+        return QuarantineState(
+            sum(k for k, _ in after.values()),
+            sum(e for _, e in after.values()),
+            {v: n for v, n in now.items() if n},
+        )
 
     def _neighbours(self, cands: list[Candidate]) -> dict[tuple[str, int], dict[int, tuple[bytes, bytes]]]:
         """Stored (msg_id, prev) of each candidate's seq-1, seq and seq+1: one query per (dev, boot)."""
@@ -590,8 +739,19 @@ class Store:
         rows = self._query("SELECT dev, state, boot, t_device, t_received FROM states")
         return {r[0]: {"state": r[1], "boot": r[2], "t": r[3], "t_received": r[4]} for r in rows}
 
+    def quarantine_tally(self) -> dict[str, QuarantineCount]:
+        """verdict -> rows kept and rows evicted by the bound."""
+        if not self._tallied:
+            rows = self._query("SELECT verdict, COUNT(*), 0 FROM quarantine GROUP BY verdict")
+        else:
+            rows = self._query(
+                "SELECT verdict, kept, evicted FROM quarantine_tally WHERE kept > 0 OR evicted > 0"
+            )
+        return {v: QuarantineCount(k, e) for v, k, e in sorted(rows)}
+
     def quarantine_counts(self) -> dict[str, int]:
-        return dict(self._query("SELECT verdict, COUNT(*) FROM quarantine GROUP BY verdict"))
+        """verdict -> every message ever quarantined with it (kept + evicted)."""
+        return {v: c.total for v, c in self.quarantine_tally().items()}
 
     def quarantine_by_device(self) -> dict[str, int]:
         return dict(self._query("SELECT dev, COUNT(*) FROM quarantine WHERE dev IS NOT NULL GROUP BY dev"))
