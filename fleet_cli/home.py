@@ -53,6 +53,8 @@ DEFAULT_FLEET = "demo"
 # users (role collector / operator) for `fleet collect` and `fleet cmd` on this host.
 DEFAULT_COLLECTOR_USER = "collector"
 DEFAULT_OPERATOR_USER = "operator"
+# Reads verified results only (P/_fleet/#): what `fleet watch` and dashboards connect as.
+DEFAULT_VIEWER_USER = "watcher"
 DEFAULT_SANS = ("localhost", "127.0.0.1", "::1")
 # Where root's broker goes when the home is out of the broker user's reach (/root is 0700).
 SYSTEM_BROKER_ROOT = Path("/var/lib/edgeseal")
@@ -98,12 +100,14 @@ class FleetConfig:
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     collector_user: str = DEFAULT_COLLECTOR_USER
     operator_user: str = DEFAULT_OPERATOR_USER
+    viewer_user: str = DEFAULT_VIEWER_USER
 
     def __post_init__(self) -> None:
         try:
             validate_id(self.fleet, "fleet id")
             validate_id(self.collector_user, "collector user")
             validate_id(self.operator_user, "operator user")
+            validate_id(self.viewer_user, "viewer user")
         except InvalidId as e:
             raise UsageError(str(e), hint=e.hint) from e
 
@@ -148,9 +152,10 @@ run_as = {_toml_value(b.run_as)}
 require_client_cert = {_toml_value(b.require_client_cert)}
 
 [users]
-# MQTT users `fleet collect` and `fleet cmd` connect as (created by `fleet init`).
+# MQTT users `fleet collect`, `fleet cmd` and `fleet watch` connect as (created by `fleet init`).
 collector = {_toml_value(config.collector_user)}
 operator = {_toml_value(config.operator_user)}
+viewer = {_toml_value(config.viewer_user)}
 """
 
 
@@ -195,6 +200,7 @@ def parse_config(text: str, source: str = CONFIG_NAME) -> FleetConfig:
         ),
         collector_user=_get(users, "collector", str, DEFAULT_COLLECTOR_USER, "users"),
         operator_user=_get(users, "operator", str, DEFAULT_OPERATOR_USER, "users"),
+        viewer_user=_get(users, "viewer", str, DEFAULT_VIEWER_USER, "users"),
     )
 
 
@@ -360,6 +366,7 @@ def init_fleet(
         with Registry(staged.registry_db) as registry:
             registry.add_user(config.collector_user, Role.COLLECTOR)
             registry.add_user(config.operator_user, Role.OPERATOR)
+            registry.add_user(config.viewer_user, Role.VIEWER)
         atomic_write(staged.config_path, render_config(config).encode("utf-8"), 0o644)
         if work != root:
             work.rename(root)

@@ -41,6 +41,7 @@ def format_result(doc: dict[str, Any]) -> str:
 
 
 def _default_viewer(home: FleetHome) -> str:
+    """fleet.toml's ``[users] viewer`` (``fleet init`` creates it), else any active viewer account."""
     with Registry(home.registry_db) as reg:
         viewers = [u.name for u in reg.list_users() if u.role is Role.VIEWER and u.revoked_ms is None]
     if not viewers:
@@ -48,7 +49,7 @@ def _default_viewer(home: FleetHome) -> str:
             "no viewer user to watch with",
             hint="add one: `fleet user add watcher --role viewer` and `fleet broker reload`; or pass --user",
         )
-    return viewers[0]
+    return home.config.viewer_user if home.config.viewer_user in viewers else viewers[0]
 
 
 def watch_results(

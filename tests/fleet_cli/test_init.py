@@ -35,7 +35,9 @@ def test_init_creates_everything(tmp_path: Path, capsys: pytest.CaptureFixture[s
         assert {u.name: u.role.value for u in reg.list_users()} == {
             "collector": "collector",
             "operator": "operator",
+            "watcher": "viewer",  # what `fleet watch` connects as
         }
+    assert fleet.config.viewer_user == "watcher"
     assert fleet.config.broker.tls_port == 8883
     assert fleet.config.broker.plain_port == 1884
 

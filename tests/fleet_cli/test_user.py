@@ -35,6 +35,7 @@ def test_add_and_credentials(home: FleetHome, capsys: pytest.CaptureFixture[str]
         "dash": "viewer",
         "operator": "operator",
         "ops": "operator",
+        "watcher": "viewer",  # created by `fleet init`
     }
     assert creds["password"] not in json.dumps(listed)
 

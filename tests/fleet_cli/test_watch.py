@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from broker_config.accounts import Role
 from fleet_cli.app import main
+from fleet_cli.errors import FleetError
 from fleet_cli.registry import Registry
 from fleet_cli.store import default_store_path
 from fleet_cli.watch_cmd import format_result
@@ -59,3 +61,19 @@ def test_watch_prints_verified_results(
         ("dev-02", s, "ACCEPTED") for s in (1, 2, 3)
     ]
     assert "dev-02/vib" in format_result(lines[0])
+
+
+def test_watch_defaults_to_the_viewer_fleet_init_created(tmp_path: Path) -> None:
+    from fleet_cli.home import init_fleet
+    from fleet_cli.watch_cmd import _default_viewer
+
+    home = init_fleet(tmp_path / "home", unique_fleet("w"))
+    assert _default_viewer(home) == "watcher"
+    with Registry(home.registry_db) as reg:
+        reg.add_user("dash", Role.VIEWER)
+        assert _default_viewer(home) == "watcher", "fleet.toml's viewer comes first"
+        reg.revoke_user("watcher")
+        assert _default_viewer(home) == "dash", "any active viewer when that one is revoked"
+        reg.revoke_user("dash")
+    with pytest.raises(FleetError, match="no viewer user"):
+        _default_viewer(home)
