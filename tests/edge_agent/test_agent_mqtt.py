@@ -168,6 +168,8 @@ def test_commands(rig_factory: Any) -> None:
                 return dict(m.payload[Key.REPLY])
         return None
 
+    # commands are not retained: send them once the agent is subscribed (its birth follows the SUBSCRIBE)
+    assert c.wait_for(lambda: bool(c.of_kind(Kind.BIRTH)))
     c.send_command(command_cose("ping", b"p" * 16, fleet=f))
     assert c.wait_for(lambda: reply_to(b"p" * 16) is not None)
     assert reply_to(b"p" * 16)["ok"] is True  # type: ignore[index]
