@@ -86,62 +86,109 @@ class SchemaError(ValueError):
 
 _F16 = struct.Struct("<e")
 _F32 = struct.Struct("<f")
-_UNSORTED = -1  # a nested map's keys are not in canonical order (an encoding matter, not a schema one)
-_INVALID = -2  # something the schema refuses; check_value finds and names it
+# What _scan found, besides the floats: _UNSORTED is a bit, so that it sticks under "|".
+_UNSORTED = 1  # a map's keys are not in canonical order (an encoding matter, not a schema one)
+_INVALID = -1  # something the schema refuses; check_value finds and names it
+_LEAVES = frozenset({str, bytes, bool, type(None)})  # values valid as they are, at any depth
+_isfinite = math.isfinite
 
 
-def _float_savings(x: float) -> int:
-    """Bytes the shortest value-keeping width saves against a 9-byte double (half: 6, single: 4)."""
-    for fmt, saved in ((_F16, 6), (_F32, 4)):
-        try:
-            if fmt.unpack(fmt.pack(x))[0] == x:
-                return int(saved)
-        except (OverflowError, struct.error):
-            pass
-    return 0
+def float_savings(x: float) -> int:
+    """Bytes the shortest value-keeping width saves against a 9-byte double (half: 6, single: 4).
+
+    The same rule as cbor2's canonical encoder: single if the value survives the round trip, and
+    half if it survives that one too (every half value is a single value). Most measured values are
+    neither, so the single-width test comes first.
+    """
+    try:
+        if _F32.unpack(_F32.pack(x))[0] != x:
+            return 0
+    except (OverflowError, struct.error):
+        return 0
+    try:
+        if _F16.unpack(_F16.pack(x))[0] == x:
+            return 6
+    except (OverflowError, struct.error):
+        pass
+    return 4
 
 
-def _scan(value: object, depth: int) -> int:
-    """One pass over a nested value: the schema's fast path and the canonical-length bookkeeping.
+def _scan(value: object, depth: int, floats: list[float]) -> int:
+    """One pass over a nested value: the schema's fast path, key order, and the floats in it.
 
-    Returns the bytes that shortest floats save below ``value`` against 9-byte doubles, or
-    ``_UNSORTED`` / ``_INVALID``. No error text is built here.
+    Returns 0, or ``_UNSORTED`` (valid, but some map below is not in canonical order) or ``_INVALID``;
+    appends every float found to ``floats``. No error text is built here. Leaves inside lists and
+    maps are handled in the loops themselves (a call per leaf costs more than the check).
     """
     t = type(value)
-    if t is str or t is bytes or t is bool or value is None:
+    if t in _LEAVES:
         return 0
     if t is int:
         return 0 if INT_MIN <= value <= UINT_MAX else _INVALID  # type: ignore[operator]
     if t is float:
-        return _float_savings(value) if math.isfinite(value) else _INVALID  # type: ignore[arg-type]
+        if not _isfinite(value):  # type: ignore[arg-type]
+            return _INVALID
+        floats.append(value)  # type: ignore[arg-type]
+        return 0
     if depth >= MAX_DEPTH:
         return _INVALID
-    total = 0
     if t is list:
-        for item in value:  # type: ignore[attr-defined]
-            s = _scan(item, depth + 1)
-            if s < 0:
-                return s
-            total += s
-        return total
+        return _scan_items(value, depth, floats)  # type: ignore[arg-type]
     if t is dict:
-        last: tuple[int, bytes] = (-1, b"")
-        unsorted = False
-        for k, v in value.items():  # type: ignore[attr-defined]
-            if type(k) is not str:
+        return _scan_map(value, depth, floats)  # type: ignore[arg-type]
+    return _INVALID
+
+
+def _scan_items(items: list[Any], depth: int, floats: list[float]) -> int:
+    """:func:`_scan` of the items of a list at ``depth``."""
+    status = 0
+    for item in items:
+        t = type(item)
+        if t is float:
+            if not _isfinite(item):
                 return _INVALID
-            kb = k.encode("utf-8")
-            if len(kb) > MAX_TEXT_KEY_BYTES:
+            floats.append(item)
+        elif t is int:
+            if not INT_MIN <= item <= UINT_MAX:
                 return _INVALID
-            order = (len(kb), kb)  # RFC 8949 §4.2.1 order of short text keys is length-first
-            unsorted = unsorted or order <= last
-            last = order
-            s = _scan(v, depth + 1)
+        elif t not in _LEAVES:
+            s = _scan(item, depth + 1, floats)
             if s == _INVALID:
                 return s
-            total += s
-        return _UNSORTED if unsorted else total
-    return _INVALID
+            status |= s  # _UNSORTED sticks; keep going, what follows must still be checked
+    return status
+
+
+def _scan_map(value: dict[Any, Any], depth: int, floats: list[float]) -> int:
+    """:func:`_scan` of a nested map at ``depth``: text keys of at most 63 bytes, in canonical order."""
+    status = 0
+    last_len = -1
+    last = b""
+    for k, v in value.items():
+        if type(k) is not str:
+            return _INVALID
+        kb = k.encode("utf-8")
+        n = len(kb)
+        if n > MAX_TEXT_KEY_BYTES:
+            return _INVALID
+        # RFC 8949 §4.2.1 orders keys by their encoding; for text keys that is length first, then bytes
+        if n < last_len or (n == last_len and kb <= last):
+            status = _UNSORTED
+        last_len, last = n, kb
+        t = type(v)
+        if t is float:
+            if not _isfinite(v):
+                return _INVALID
+            floats.append(v)
+        elif t is int:
+            if not INT_MIN <= v <= UINT_MAX:
+                return _INVALID
+        elif t not in _LEAVES:
+            s = _scan(v, depth + 1, floats)
+            if s == _INVALID:
+                return s
+            status |= s
+    return status
 
 
 def check_value(value: object, where: str, depth: int = 1) -> None:
@@ -211,6 +258,8 @@ _CODES: dict[int, int] = {
     int(Key.V): -1,
     int(Key.KIND): -1,
 }
+# The keys whose value is a nested map (text keys, any depth up to MAX_DEPTH).
+MAP_KEYS = tuple(sorted(k for k, code in _CODES.items() if code == _MAP))
 _WANTS = {
     _UINT: "an unsigned integer",
     _B32: "a 32-byte string",
@@ -219,9 +268,10 @@ _WANTS = {
     _MAP: "a map",
     _CMD: "a short text",
 }
-# kind -> (required keys, {allowed key: check code})
-_KIND_KEYS: dict[int, tuple[frozenset[int], dict[int, int]]] = {
+# kind -> (the kind, required keys, {allowed key: check code})
+_KIND_KEYS: dict[int, tuple[Kind, frozenset[int], dict[int, int]]] = {
     int(kind): (
+        kind,
         frozenset(int(k) for k in req | _COMMON),
         {int(k): _CODES[int(k)] for k in req | _COMMON | opt},
     )
@@ -234,9 +284,18 @@ def check_payload(payload: Mapping[Any, Any]) -> Kind:
     return scan_payload(payload)[0]
 
 
-def scan_payload(payload: Mapping[Any, Any]) -> tuple[Kind, int]:
-    """:func:`check_payload`, also returning what shortest floats save (-1: a nested map is unsorted)."""
-    if not isinstance(payload, Mapping):
+def _wrong(k: int, code: int) -> SchemaError:
+    return SchemaError(f"{KEY_NAMES[k]} must be {_WANTS[code]}")
+
+
+def scan_payload(payload: Mapping[Any, Any]) -> tuple[Kind, list[float] | None]:
+    """:func:`check_payload`, also returning every float inside, in the order they are encoded.
+
+    The list is None instead when some map, the top-level one included, is not in canonical key
+    order (an encoding matter, not a schema one). Sealing and opening both need to know, so it is
+    one pass; the checks are the same either way.
+    """
+    if type(payload) is not dict and not isinstance(payload, Mapping):
         raise SchemaError("the payload is not a map")
     v = payload.get(0)
     if type(v) is not int or v != WIRE_VERSION:
@@ -245,12 +304,13 @@ def scan_payload(payload: Mapping[Any, Any]) -> tuple[Kind, int]:
     keys = _KIND_KEYS.get(raw_kind) if type(raw_kind) is int else None
     if keys is None:
         raise SchemaError(f"unknown kind {raw_kind!r}")
-    kind = Kind(int(raw_kind))  # type: ignore[arg-type]
-    required, allowed = keys
+    kind, required, allowed = keys
     if not required <= payload.keys():
         missing = sorted(KEY_NAMES[m] for m in required - set(payload.keys()))
         raise SchemaError(f"{kind.name.lower()} lacks {', '.join(missing)}")
-    saved = 0
+    floats: list[float] = []
+    status = 0
+    last = -1  # top-level keys ascending: for the integers 0-23 that is canonical order
     for k, value in payload.items():
         code = allowed.get(k) if type(k) is int else None
         if code is None:
@@ -259,33 +319,33 @@ def scan_payload(payload: Mapping[Any, Any]) -> tuple[Kind, int]:
             if type(k) is int and k in KEY_NAMES:
                 raise SchemaError(f"{kind.name.lower()} must not carry {KEY_NAMES[k]}")
             raise SchemaError(f"unknown payload key {k!r}")
+        if k < last:
+            status = _UNSORTED
+        last = k
         t = type(value)
-        if code == _MAP:
+        if code == _B32:  # the codes in order of how often they occur
+            if t is not bytes or len(value) != 32:
+                raise _wrong(k, code)
+        elif code == _UINT:
+            if t is not int or not 0 <= value <= UINT_MAX:
+                raise _wrong(k, code)
+        elif code == _ID:
+            if not is_valid_id(value):
+                raise _wrong(k, code)
+        elif code == _MAP:
             if not isinstance(value, Mapping):
                 raise SchemaError(f"{KEY_NAMES[k]} must be a map")
-            s = _scan(value, 1)
+            s = _scan(value, 1, floats)
             if s == _INVALID:
                 check_value(value, KEY_NAMES[k])  # names the fault (or accepts a non-dict Mapping)
                 s = _UNSORTED
-            if s < 0 or saved < 0:
-                saved = _UNSORTED
-            else:
-                saved += s
-        elif code == _UINT:
-            ok = t is int and 0 <= value <= UINT_MAX
-        elif code == _B32:
-            ok = t is bytes and len(value) == 32
-        elif code == _ID:
-            ok = is_valid_id(value)
+            status |= s
         elif code == _B16:
-            ok = t is bytes and len(value) == 16
-        elif code == _CMD:
-            ok = t is str and 0 < len(value) <= 63
-        else:
-            continue
-        if code != _MAP and not ok:
-            raise SchemaError(f"{KEY_NAMES[k]} must be {_WANTS[code]}")
-    return kind, saved
+            if t is not bytes or len(value) != 16:
+                raise _wrong(k, code)
+        elif code == _CMD and (t is not str or not 0 < len(value) <= 63):
+            raise _wrong(k, code)
+    return kind, (None if status else floats)
 
 
 def to_json(value: Any) -> Any:
