@@ -22,6 +22,7 @@ drained, so no publisher competes for the CPU:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -38,12 +39,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import nacl.signing
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from broker_config.runner import MosquittoProcess, free_port
-from edge_protocol.envelope import _split, seal, sig_structure
-from edge_protocol.keys import Signer, Verifier
+from edge_protocol.envelope import decode_unverified, protected_header, seal, sig_structure
+from edge_protocol.keys import Signer
 from edge_protocol.payload import Key, Kind
 from edge_protocol.topics import Channel, device_topic, verified_topic
 from fleet_cli.collector import Collector, CollectorConfig
@@ -119,10 +121,12 @@ def publish_all(port: int, msgs: list[tuple[str, bytes]]) -> None:
 
 
 def verify_rate(devices: list[Device], msgs: list[tuple[str, bytes]]) -> float:
-    verifiers = {d.signer.kid: Verifier(d.signer.public_key) for d in devices}
-    parts = [_split(b) for _, b in msgs]
+    """Raw PyNaCl verify (``VerifyKey.verify``) of the same messages' Sig_structures, on one core."""
+    verifiers = {d.signer.kid: nacl.signing.VerifyKey(d.signer.public_key) for d in devices}
+    opened = [decode_unverified(b) for _, b in msgs]
     items = [
-        (verifiers[p.kid], sig_structure(p.protected, FLEET, p.payload_bytes), p.signature) for p in parts
+        (verifiers[o.kid], sig_structure(protected_header(o.kid), FLEET, o.payload_bytes), o.signature)
+        for o in opened
     ]
     t0 = time.perf_counter()
     for v, data, sig in items:
@@ -181,9 +185,12 @@ def _collector_main(cfg: CollectorConfig, registry: str, go: Any, stop: Any, rea
 
 
 def stored(path: Path) -> int:
+    """Rows ever stored: ``messages.id`` is AUTOINCREMENT (never reused, and nothing deletes here), so
+    its maximum is an index lookup. COUNT(*) scanned the table at every 20 ms poll and took CPU from
+    the collectors being measured."""
     try:
-        with sqlite3.connect(path, timeout=30) as db:
-            return int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+        with contextlib.closing(sqlite3.connect(path, timeout=30)) as db:
+            return int(db.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()[0])
     except sqlite3.Error:
         return 0
 

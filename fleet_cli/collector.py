@@ -34,6 +34,7 @@ Threads and hand-offs (FIELD-NOTES: one network thread, never block in a callbac
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
@@ -131,6 +132,8 @@ VERIFY_WORKERS = 1
 # is ~1 µs per message; small next to Mosquitto's max_inflight_messages (100 in the rendered config)
 # so that verifying starts while the rest of the window is still arriving.
 CHUNK_MAX_MESSAGES = 64
+# Queue items the worker takes at once before its per-iteration bookkeeping (deadlines, batch, acks).
+BURST_MAX = 256
 # Stopping: how long the worker waits for chunks still at the verify workers before it commits what
 # it has (what is not back by then is not PUBACKed, so the broker keeps it). Below stop()'s 5 s.
 STOP_DRAIN_S = 3.0
@@ -778,21 +781,30 @@ class Collector:
                 )
             timeout = max(0.0, min(deadlines) - now)
             try:
-                item = q.get(timeout=timeout) if timeout > 0 else q.get_nowait()
+                items = [q.get(timeout=timeout) if timeout > 0 else q.get_nowait()]
             except queue.Empty:
-                item = None
-            if item is _STOP:
-                stopping = True
+                items = []
+            # Take what else is queued already (up to a burst), so that the bookkeeping below runs once
+            # per burst rather than once per message.
+            with contextlib.suppress(queue.Empty):
+                while items and len(items) < BURST_MAX:
+                    items.append(q.get_nowait())
+            for item in items:
+                if item is _STOP:
+                    stopping = True
+                elif isinstance(item, _Answers):
+                    answered(item)  # also after _STOP: the drain below waits for these
+                elif stopping:
+                    pass  # taken after _STOP: not PUBACKed, so the broker keeps it for the next start
+                elif type(item) is tuple:
+                    raw = cast("Raw", item)
+                    building.raws.append(raw)
+                    building.routes.append(intake.route(raw[0], raw[1]) if workers else None)
+                    self._in_pipeline += 1
+                    if len(building.raws) >= CHUNK_MAX_MESSAGES:
+                        dispatch()
+            if stopping:
                 break
-            if type(item) is tuple:
-                raw = cast("Raw", item)
-                building.raws.append(raw)
-                building.routes.append(intake.route(raw[0], raw[1]) if workers else None)
-                self._in_pipeline += 1
-                if len(building.raws) >= CHUNK_MAX_MESSAGES:
-                    dispatch()
-            elif isinstance(item, _Answers):
-                answered(item)
             # A partial chunk goes when nothing else is waiting and a verify worker is idle (or there
             # is none): low latency when it is quiet, full chunks when it is busy.
             if building.raws and q.empty() and len(waiting) < max(workers, 1):
