@@ -383,6 +383,17 @@ class Step:
     stream: bool  # True: the output goes to the terminal; False: captured to explain a failure
 
 
+# Where an SSH install unpacks the bundle on the device (a private directory is made in it and removed).
+DEFAULT_REMOTE_TMP = "/tmp"  # noqa: S108 - a fresh 0700 directory of a random name, never reused
+
+
+def check_remote_tmp(path: str) -> str:
+    """An absolute directory on the device, one line, or a UsageError."""
+    if not path.startswith("/") or any(c in path for c in "\n\r\0"):
+        raise UsageError(f"--remote-tmp must be an absolute directory on the device, got {path!r}")
+    return path
+
+
 def ssh_steps(
     target: SshTarget,
     bundle: Bundle,
@@ -391,10 +402,11 @@ def ssh_steps(
     identity: Path | None = None,
     remote_prefix: str | None = None,
     remote_dir: str | None = None,
+    remote_tmp: str = DEFAULT_REMOTE_TMP,
 ) -> list[Step]:
     """The three commands of an SSH install: make a private directory, copy, unpack and install."""
     # mkdir (not mkdir -p) of a fresh random name fails rather than reuse anything already there.
-    remote_dir = remote_dir or f"/tmp/edgeseal-flash-{secrets.token_hex(6)}"  # noqa: S108
+    remote_dir = remote_dir or f"{remote_tmp.rstrip('/')}/edgeseal-flash-{secrets.token_hex(6)}"
     common = [
         "-o", "BatchMode=yes",
         "-o", f"ConnectTimeout={SSH_CONNECT_TIMEOUT_S}",
@@ -560,6 +572,7 @@ def flash_device(
     ssh_options: Sequence[str] = (),
     identity: Path | None = None,
     remote_prefix: str | None = None,
+    remote_tmp: str = DEFAULT_REMOTE_TMP,
     boot: Path | None = None,
     force: bool = False,
     dry_run: bool = False,
@@ -572,6 +585,9 @@ def flash_device(
         raise UsageError("--ssh and --boot do not go together: one device is installed one way")
     if remote_prefix is not None and ssh is None:
         raise UsageError("--remote-prefix only goes with --ssh")
+    if remote_tmp != DEFAULT_REMOTE_TMP and ssh is None:
+        raise UsageError("--remote-tmp only goes with --ssh")
+    check_remote_tmp(remote_tmp)
     target = parse_ssh_target(ssh) if ssh is not None else None
     plan = plan_boot(boot, options.device, force=force) if boot is not None else None
     with tempfile.TemporaryDirectory(prefix="edgeseal-bundle-") as tmp:
@@ -595,7 +611,12 @@ def flash_device(
             )
         if target is not None:
             steps = ssh_steps(
-                target, bundle, options=ssh_options, identity=identity, remote_prefix=remote_prefix
+                target,
+                bundle,
+                options=ssh_options,
+                identity=identity,
+                remote_prefix=remote_prefix,
+                remote_tmp=remote_tmp,
             )
             if dry_run:
                 for s in steps:
@@ -668,6 +689,14 @@ def flash_cmd(
         str | None,
         typer.Option("--remote-prefix", help="With --ssh: install unprivileged under this remote directory."),
     ] = None,
+    remote_tmp: Annotated[
+        str,
+        typer.Option(
+            "--remote-tmp",
+            help="With --ssh: directory on the device the bundle is unpacked in (a private subdirectory,"
+            " removed after). Use /var/tmp when /tmp is a small tmpfs.",
+        ),
+    ] = DEFAULT_REMOTE_TMP,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Build the bundle, print what would run.")
     ] = False,
@@ -706,6 +735,7 @@ def flash_cmd(
         ssh_options=tuple(ssh_option or ()),
         identity=identity,
         remote_prefix=remote_prefix,
+        remote_tmp=remote_tmp,
         boot=boot,
         force=force,
         dry_run=dry_run,

@@ -522,11 +522,11 @@ def test_ssh_install_into_a_remote_prefix_streams_the_installer(
     built: Built, sshd: Sshd, tmp_path: Path
 ) -> None:
     remote = tmp_path / "remote-root"
-    # (another test run on the same machine may hold its own bundles in /tmp: look only at new ones)
-    before = set(Path("/tmp").glob("edgeseal-flash-*"))
+    remote_tmp = tmp_path / "remote-tmp"
+    remote_tmp.mkdir()
     code, out, err = _flash(
         DEVICE, "--home", str(built.home.root), "--offline", "--wheel", str(built.wheel),
-        "--remote-prefix", str(remote), *_ssh_args(sshd),
+        "--remote-prefix", str(remote), "--remote-tmp", str(remote_tmp), *_ssh_args(sshd),
     )  # fmt: skip
     assert code == 0, out + err
     assert "installing from the bundled wheels (no network)" in out  # the installer's output, streamed
@@ -535,7 +535,7 @@ def test_ssh_install_into_a_remote_prefix_streams_the_installer(
     assert (remote / "etc" / "edgeseal" / "mqtt.pass").stat().st_mode & 0o777 == 0o600
     assert (remote / "opt" / "edgeseal" / "venv" / "bin" / "edge-agent").is_file()
     # the private directory on the remote side is gone
-    assert not [p for p in Path("/tmp").glob("edgeseal-flash-*") if p not in before]
+    assert list(remote_tmp.iterdir()) == []
 
 
 def test_ssh_dry_run_prints_the_commands(built: Built, sshd: Sshd, tmp_path: Path) -> None:
@@ -551,6 +551,20 @@ def test_ssh_dry_run_prints_the_commands(built: Built, sshd: Sshd, tmp_path: Pat
     assert f"-P {sshd.port}" in lines[1]
     assert "install.sh --manifest-sha256" in lines[2]
     assert not (tmp_path / "never").exists()
+    assert " /tmp/edgeseal-flash-" in lines[0]  # the default --remote-tmp
+
+
+def test_remote_tmp_is_checked(built: Built, sshd: Sshd, tmp_path: Path) -> None:
+    base = [DEVICE, "--home", str(built.home.root), "--wheel", str(built.wheel)]
+    code, out, err = _flash(*base, "--dry-run", "--remote-tmp", "/var/tmp/", *_ssh_args(sshd))
+    assert code == 0, err
+    assert "mkdir -m 700 /var/tmp/edgeseal-flash-" in out
+    code, _, err = _flash(*base, "--dry-run", "--remote-tmp", "var/tmp", *_ssh_args(sshd))
+    assert code == 2
+    assert "--remote-tmp must be an absolute directory" in err
+    code, _, err = _flash(*base, "--bundle", str(tmp_path / "b.tar.gz"), "--remote-tmp", "/var/tmp")
+    assert code == 2
+    assert "--remote-tmp only goes with --ssh" in err
 
 
 def test_ssh_errors_are_one_line(built: Built, sshd: Sshd, tmp_path: Path) -> None:
