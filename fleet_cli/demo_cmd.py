@@ -241,6 +241,9 @@ def demo(
             if live is not None:
                 live.update(_render(snap, events, duration))
                 live.stop()
+                if not live.console.is_terminal:
+                    live.console.line()  # piped, the last frame ends without a newline
+                live.console.file.flush()  # before stderr: keeps the lines in order when both are piped
             if not as_json:
                 typer.echo("stopping agents, collector, sensors and broker …", err=True)
     except KeyboardInterrupt:
