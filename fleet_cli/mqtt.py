@@ -20,7 +20,6 @@ import logging
 import ssl
 import struct
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,6 +172,7 @@ class Link:
         self.connected = threading.Event()
         self._client: mqtt.Client | None = None
         self._connack: ReasonCode | None = None
+        self._answered = threading.Event()  # the connect attempt ended: a CONNACK or a disconnect
         self._closed = threading.Event()
         self._sub_acked = threading.Event()
         self._pending_subs = 0
@@ -230,6 +230,7 @@ class Link:
     def _connect_once(self, proto: Protocol, timeout_s: float) -> None:
         s = self.settings
         self._connack = None
+        self._answered.clear()
         self.connected.clear()
         client = self._make_client(proto)
         self._client = client
@@ -250,13 +251,12 @@ class Link:
                 f"cannot reach the broker at {s.host}:{s.port}: {e}",
                 hint="is it running? (`fleet broker start`); check --host/--port",
             ) from e
-        deadline = time.monotonic() + timeout_s
-        while not self.connected.is_set() and self._connack is None and time.monotonic() < deadline:
-            rc = client.loop(0.05)
-            if rc != mqtt.MQTT_ERR_SUCCESS:
-                break
+        client.loop_start()  # the network thread from here on; it reconnects by itself after a drop
+        self._answered.wait(timeout_s)
         if not self.connected.is_set():
-            client._reset_sockets()
+            self._client = None  # its late callbacks are ignored from now on
+            client.disconnect()  # stops the network thread's own reconnect attempts
+            client.loop_stop()
             reason = (
                 self._connack if self._connack is not None else "no CONNACK (connection closed or timed out)"
             )
@@ -264,9 +264,6 @@ class Link:
                 f"the broker at {s.host}:{s.port} refused MQTT {proto.value}: {reason}",
                 hint="check the user name and password (`fleet user credentials NAME`) and the broker's ACL",
             )
-        # loop() above made paho's wake-up socket pair; loop_start() makes another without closing it.
-        client._reset_sockets(sockpair_only=True)
-        client.loop_start()
         if self.subscriptions and not self._sub_acked.wait(timeout_s):
             self.close()
             raise MqttError(f"no SUBACK from {s.host}:{s.port}")
@@ -274,8 +271,11 @@ class Link:
     # -- paho callbacks (network thread: never block) -------------------------------------------
 
     def _on_connect(self, client: mqtt.Client, u: object, flags: Any, rc: ReasonCode, props: object) -> None:
+        if client is not self._client:
+            return  # a client given up on (a timed-out attempt, the other protocol version)
         self._connack = rc
         if rc.is_failure:
+            self._answered.set()
             return
         if self.connected.is_set() or self.reconnects:
             log.info("reconnected to %s:%d", self.settings.host, self.settings.port)
@@ -288,6 +288,7 @@ class Link:
         else:
             self._sub_acked.set()
         self.connected.set()
+        self._answered.set()
 
     def _on_subscribe(self, c: object, u: object, mid: int, rcs: list[ReasonCode], props: object) -> None:
         for rc in rcs:
@@ -299,10 +300,14 @@ class Link:
                 self._sub_acked.set()
 
     def _on_disconnect(self, c: object, u: object, flags: object, rc: ReasonCode, props: object) -> None:
-        if not self._closed.is_set():
+        if c is not self._client:
+            return
+        was_connected = self.connected.is_set()
+        self.connected.clear()
+        self._answered.set()
+        if was_connected and not self._closed.is_set():
             self.reconnects += 1
             log.warning("disconnected from the broker (%s); paho reconnects", rc)
-        self.connected.clear()
 
     def _on_message(self, c: object, u: object, m: mqtt.MQTTMessage) -> None:
         raw = self._on_raw_cb

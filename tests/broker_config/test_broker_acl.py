@@ -13,8 +13,9 @@ import shutil
 import socket
 import ssl
 import subprocess
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -376,3 +377,31 @@ def test_matrix_with_mosquitto_clients(env: Env, capsys: pytest.CaptureFixture[s
         capture_output=True,
     )
     assert refused.returncode != 0
+
+
+def test_fleet_link_connects_and_is_refused_cleanly(env: Env) -> None:
+    """fleet_cli.mqtt.Link, as `fleet collect` and `fleet cmd` use it, against the hardened broker: the
+    right password connects over TLS with MQTT 5; a wrong one is one MqttError naming the refusal, with
+    no 3.1.1 retry and no paho thread left behind."""
+    import threading
+
+    from fleet_cli.mqtt import Link, MqttError, MqttSettings, Protocol
+
+    base = MqttSettings(
+        host="localhost", port=env.tls_port, username="collector", tls_ca=env.home.ca_cert,
+        protocol=Protocol.AUTO, client_id="link-test",
+    )  # fmt: skip
+    threads = threading.active_count()
+    link = Link(
+        replace(base, password=env.creds["collector"]), subscriptions=[f"{env.prefix}/+/res/+"]
+    ).connect()
+    assert link.protocol is Protocol.V5
+    assert link.connected.is_set()
+    link.close()
+    with pytest.raises(MqttError, match="refused MQTT 5") as info:
+        Link(replace(base, password="wrong"), subscriptions=[f"{env.prefix}/+/res/+"]).connect(timeout_s=5)
+    assert "3.1.1" not in str(info.value)
+    deadline = time.monotonic() + 5
+    while threading.active_count() > threads and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() == threads
