@@ -66,7 +66,6 @@ TICK_S = 1.0
 # MQTT 3.1.1 CONNACK return code 1 and MQTT 5 reason 0x84 (132): "unacceptable/unsupported protocol
 # version" (MQTT 3.1.1 §3.2.2.3, MQTT 5 §3.2.2.2).
 _UNSUPPORTED_PROTOCOL = (1, 132)
-_NO_CONNACK = "no CONNACK in time"
 # A password file holds one line; more than 4 KiB is not one.
 MAX_PASSWORD_BYTES = 4096
 
@@ -312,7 +311,7 @@ class Session:
             self._lost(f"paho rc {rc}")
             return
         if self.state is State.CONNECTING and now - self._connecting_since > self.cfg.connect_timeout_s:
-            self._lost(_NO_CONNACK)
+            self._lost("no CONNACK in time", cause=Cause.TIMED_OUT)
             return
         if self.state is State.CONNECTED:
             self._pump()
@@ -390,14 +389,13 @@ class Session:
         self._state_mids.clear()
         self._resend_from = self._resend_upto = None
 
-    def _lost(self, why: str) -> None:
+    def _lost(self, why: str, cause: Cause = Cause.CLOSED) -> None:
+        """The connection (or the attempt at one) ended; ``cause`` says how, when no CONNACK came."""
         was_connected = self.state is State.CONNECTED
-        if not self._got_connack:
-            cause = Cause.TIMED_OUT if why == _NO_CONNACK else Cause.CLOSED
-            if self._version.no_connack(cause):
-                # A 3.1.1-only broker may close the socket on, or never answer, an MQTT 5 CONNECT.
-                self._fallback(f"no CONNACK to MQTT 5: {cause.value}")
-                return
+        if not self._got_connack and self._version.no_connack(cause):
+            # A 3.1.1-only broker may close the socket on, or never answer, an MQTT 5 CONNECT.
+            self._fallback(f"no CONNACK to MQTT 5: {cause.value}")
+            return
         if was_connected:
             self._version.disconnected()
             self.counters.disconnects += 1
