@@ -83,6 +83,7 @@ from fleet_cli.store import (
     Candidate,
     CommitResult,
     GapRange,
+    QuarantineCount,
     Rejected,
     StateUpdate,
     Store,
@@ -604,10 +605,10 @@ class Collector:
         if cfg.metrics_port is not None:
             from fleet_cli.metrics import CollectorMetrics
 
-            tally = store.quarantine_tally().values()
+            totals = QuarantineCount.sum(store.quarantine_tally().values())
             self._metrics = CollectorMetrics(
-                quarantine_kept=sum(c.kept for c in tally),
-                quarantine_evicted=sum(c.evicted for c in tally),
+                quarantine_kept=totals.kept,
+                quarantine_evicted=totals.evicted,
                 quarantine_max=cfg.quarantine_max,
             )
             self._metrics_server = self._metrics.serve(cfg.metrics_port, cfg.metrics_addr)

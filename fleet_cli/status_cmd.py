@@ -21,7 +21,7 @@ from fleet_cli.collect_cmd import StoreOption
 from fleet_cli.home import FleetHome
 from fleet_cli.init_cmd import HomeOption
 from fleet_cli.registry import Registry
-from fleet_cli.store import Store, default_store_path
+from fleet_cli.store import QuarantineCount, Store, default_store_path
 
 
 def device_status(store: Store, registry: Registry | None) -> list[dict[str, Any]]:
@@ -65,9 +65,10 @@ def device_status(store: Store, registry: Registry | None) -> list[dict[str, Any
 def quarantine_status(store: Store) -> dict[str, Any]:
     """What ``fleet status --json`` prints under ``quarantine``: totals and per verdict."""
     tally = store.quarantine_tally()
+    totals = QuarantineCount.sum(tally.values())
     return {
-        "kept": sum(c.kept for c in tally.values()),
-        "evicted": sum(c.evicted for c in tally.values()),
+        "kept": totals.kept,
+        "evicted": totals.evicted,
         "by_verdict": {v: {"kept": c.kept, "evicted": c.evicted} for v, c in tally.items()},
     }
 

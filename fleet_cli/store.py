@@ -309,6 +309,15 @@ class QuarantineCount:
     def total(self) -> int:
         return self.kept + self.evicted
 
+    @classmethod
+    def sum(cls, counts: Iterable[QuarantineCount]) -> QuarantineCount:
+        """Several verdicts' counts together."""
+        kept = evicted = 0
+        for c in counts:
+            kept += c.kept
+            evicted += c.evicted
+        return cls(kept, evicted)
+
 
 @dataclass(frozen=True)
 class CommitResult:
