@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent import __version__
-from edge_agent.commands import BUILTINS, Refusal, check_command, error_reply, reply_draft
+from edge_agent.commands import BUILTINS, admit_command, error_reply, reply_draft
 from edge_agent.config import AgentConfig, Delivery, PipelineConfig, load_config
 from edge_agent.errors import AgentError
 from edge_agent.heartbeat import CpuMeter, link_metrics, system_metrics
@@ -366,7 +366,9 @@ class Agent:
             log.warning("command ignored: no trust.operator_key configured")
             return
         now = time.time_ns() // 1_000_000
-        checked = check_command(payload, self.cfg.device.fleet, self.cfg.device.id, self._operator, now)
+        checked = admit_command(
+            payload, self.cfg.device.fleet, self.cfg.device.id, self._operator, cache=self.outbox, now_ms=now
+        )
         if checked.command is None:
             self.counters["commands_refused"] += 1
             assert checked.refusal is not None
@@ -377,15 +379,6 @@ class Agent:
                 )
             return
         cmd = checked.command
-        fresh = self.outbox.remember_command(cmd.id, cmd.exp_ms, now)
-        if fresh is False:
-            self.counters["commands_refused"] += 1
-            log.info("command %s refused: replayed id", cmd.name)
-            return
-        if fresh is None:
-            self.counters["commands_refused"] += 1
-            self._publish([reply_draft(self._reply_topic(), cmd.id, error_reply(Refusal.CACHE_FULL.value))])
-            return
         try:
             reply = self._run_command(cmd.name, cmd.args)
         except AgentError as e:

@@ -6,10 +6,18 @@ in this order:
 1. it opens with the fleet's operator key (signature over this fleet's external_aad) and is a
    well-formed COMMAND payload;
 2. its ``dev`` is this device (a command signed for another device is not ours: ignored);
-3. its ``exp`` lies in the future, and not more than :data:`MAX_COMMAND_TTL_S` ahead (the replay
-   cache must hold an id until it expires, so the horizon bounds the cache);
+3. its ``exp`` is not past (``exp + CLOCK_SKEW_MS >= now``), and not more than
+   :data:`MAX_COMMAND_TTL_S` ahead (the replay cache must hold an id until it expires, so the horizon
+   bounds the cache);
 4. its ``id`` was not seen before (the replay cache lives in the outbox database, so it survives
    restarts).
+
+The replay cache's rule (docs/agent.md "Commands", kept by ``Outbox.remember_command``): an id is
+forgotten only when step 3 refuses its command at the same clock reading, i.e. after
+``exp + CLOCK_SKEW_MS``, not at ``exp``; forgetting raises a durable floor to the highest exp
+forgotten, and a command whose exp is at or below the floor fails step 4. A command runs at most once
+whatever the clock does: before its id is forgotten the cache refuses it, afterwards the floor does,
+and the floor never moves down (a clock set back, a restart).
 
 Failures of 1, 2 and 4 get no reply (an unsigned or replayed message must not make the device talk);
 a well-signed command that is expired or unknown gets a signed error reply ``{"ok": false, "error"}``.
@@ -20,9 +28,9 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from edge_agent.outbox import Draft
+from edge_agent.outbox import MAX_REPLAY_IDS, Draft
 from edge_protocol.envelope import EnvelopeError, open_envelope
 from edge_protocol.keys import Verifier
 from edge_protocol.payload import Key, Kind
@@ -48,6 +56,14 @@ class Refusal(str, enum.Enum):
     @property
     def replies(self) -> bool:
         return self in (Refusal.EXPIRED, Refusal.TOO_FAR, Refusal.CACHE_FULL)
+
+
+class ReplayCache(Protocol):
+    """Where step 4 remembers ids (the outbox database; see ``Outbox.remember_command``)."""
+
+    def remember_command(
+        self, command_id: bytes, exp_ms: int, now_ms: int, *, skew_ms: int
+    ) -> bool | None: ...
 
 
 @dataclass(frozen=True)
@@ -88,6 +104,25 @@ def check_command(cose: bytes, fleet: str, dev: str, operator: Verifier, now_ms:
     if cmd.exp_ms - now_ms > MAX_COMMAND_TTL_S * 1000 + CLOCK_SKEW_MS:
         return Checked(None, Refusal.TOO_FAR, f"exp more than {MAX_COMMAND_TTL_S} s ahead", cid)
     return Checked(cmd, command_id=cid)
+
+
+def admit_command(
+    cose: bytes, fleet: str, dev: str, operator: Verifier, *, cache: ReplayCache, now_ms: int
+) -> Checked:
+    """Steps 1-4 of the module docstring: a command to run once, or a refusal."""
+    checked = check_command(cose, fleet, dev, operator, now_ms)
+    cmd = checked.command
+    if cmd is None:
+        return checked
+    # The same clock reading and skew as step 3: the cache prunes exactly what step 3 now refuses.
+    fresh = cache.remember_command(cmd.id, cmd.exp_ms, now_ms, skew_ms=CLOCK_SKEW_MS)
+    if fresh is False:
+        return Checked(
+            None, Refusal.REPLAYED, f"{cmd.name[:63]}: id seen before, or exp at or below the floor", cmd.id
+        )
+    if fresh is None:
+        return Checked(None, Refusal.CACHE_FULL, f"{cmd.name[:63]}: {MAX_REPLAY_IDS} live ids", cmd.id)
+    return checked
 
 
 def reply_draft(topic: str, command_id: bytes, reply: Mapping[str, Any]) -> Draft:

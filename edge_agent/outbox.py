@@ -20,7 +20,15 @@ Invariants (DESIGN §2 "The chain and counters"):
 4. Entries are only ever dropped oldest first, so every key at or below :attr:`Outbox.drop_floor`
    is gone: the session skips them without a lookup.
 
-The same database keeps the command replay cache (ids with their expiry) and a few flags (enrolled).
+The same database keeps the command replay cache and a few flags (enrolled). The cache's rule
+(docs/agent.md "Commands"): an id is pruned only once its command is refused as expired by the same
+clock reading (``exp + skew < now``), and pruning raises a durable *floor* to the highest exp it
+pruned; a command whose exp is at or below the floor is refused like a replay. So an id is never
+forgotten while its command could be accepted, and once forgotten its command stays refused whatever
+the clock says later (set back, or a restart): the floor only moves up and is stored in the same
+transaction as the prune. The floor holds exps the operator signed, not device clock readings, so a
+clock that ran ahead and was set back refuses only commands expiring before some already pruned one.
+
 All methods are thread-safe (one connection, one lock): pipelines seal, the session deletes.
 """
 
@@ -53,6 +61,8 @@ GAP_RESERVE = 4096
 # Commands kept in the replay cache at most; expired ids are pruned first. The command TTL bound
 # (commands.MAX_COMMAND_TTL_S) and the operator's rate keep the live set far below this.
 MAX_REPLAY_IDS = 10_000
+# The meta row holding the replay cache's floor: the highest exp (ms) ever pruned.
+EXP_FLOOR_FLAG = "command_exp_floor"
 WHY_FULL = "outbox full"
 
 _SCHEMA = """
@@ -66,6 +76,7 @@ CREATE TABLE IF NOT EXISTS head (
     msg_id BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS commands (id BLOB PRIMARY KEY, exp INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS commands_exp ON commands (exp);
 """
 
 
@@ -373,17 +384,51 @@ class Outbox:
                 (name, value),
             )
 
-    def remember_command(self, command_id: bytes, exp_ms: int, now_ms: int) -> bool | None:
-        """Record a command id; False if it was seen before, None if the cache is full of live ids."""
+    def remember_command(self, command_id: bytes, exp_ms: int, now_ms: int, *, skew_ms: int) -> bool | None:
+        """Record a command id: True if new, False if it may have been seen, None if the cache is full.
+
+        ``skew_ms`` is the skew the expiry check allows (``exp + skew_ms < now_ms`` is expired): ids
+        are pruned by exactly that test, and a command at or below the floor (module docstring) is
+        False too. A replay costs a few index look-ups whatever the cache holds; only a new id also
+        counts it (at most :data:`MAX_REPLAY_IDS` rows).
+        """
         with self._lock:
-            self._db.execute("DELETE FROM commands WHERE exp < ?", (now_ms,))
-            (count,) = self._db.execute("SELECT COUNT(*) FROM commands").fetchone()
-            if self._db.execute("SELECT 1 FROM commands WHERE id = ?", (command_id,)).fetchone():
-                return False
-            if int(count) >= MAX_REPLAY_IDS:
-                return None
-            self._db.execute("INSERT INTO commands (id, exp) VALUES (?, ?)", (command_id, exp_ms))
-            return True
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    fresh = self._remember(command_id, exp_ms, now_ms - skew_ms)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as e:
+                raise OutboxError(f"replay cache failed: {e}") from e
+            return fresh
+
+    def _remember(self, command_id: bytes, exp_ms: int, expired_below: int) -> bool | None:
+        row = self._db.execute("SELECT v FROM meta WHERE k = ?", (EXP_FLOOR_FLAG,)).fetchone()
+        floor = int(row[0]) if row else None
+        (pruned,) = self._db.execute(
+            "SELECT MAX(exp) FROM commands WHERE exp < ?", (expired_below,)
+        ).fetchone()
+        if pruned is not None:
+            # The floor moves in the same transaction as the prune: no id is ever forgotten without it.
+            floor = max(int(pruned), floor) if floor is not None else int(pruned)
+            self._db.execute(
+                "INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
+                (EXP_FLOOR_FLAG, str(floor)),
+            )
+            self._db.execute("DELETE FROM commands WHERE exp < ?", (expired_below,))
+        if floor is not None and exp_ms <= floor:
+            return False  # its id may have been pruned: refused whatever the clock says
+        if self._db.execute("SELECT 1 FROM commands WHERE id = ?", (command_id,)).fetchone():
+            return False
+        (count,) = self._db.execute("SELECT COUNT(*) FROM commands").fetchone()
+        if int(count) >= MAX_REPLAY_IDS:
+            return None
+        self._db.execute("INSERT INTO commands (id, exp) VALUES (?, ?)", (command_id, exp_ms))
+        return True
 
     def close(self) -> None:
         with self._lock:

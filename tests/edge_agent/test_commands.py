@@ -1,8 +1,17 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
-from edge_agent.commands import MAX_COMMAND_TTL_S, Refusal, check_command
+from edge_agent.commands import (
+    CLOCK_SKEW_MS,
+    MAX_COMMAND_TTL_S,
+    Checked,
+    Refusal,
+    admit_command,
+    check_command,
+)
+from edge_agent.outbox import MAX_REPLAY_IDS, Outbox
 from edge_protocol.keys import Signer, Verifier
 from tests.edge_agent.helpers import DEV, FLEET, OPERATOR, ack_cose, command_cose
 
@@ -41,3 +50,84 @@ def test_refusals() -> None:
     )
     assert Refusal.EXPIRED.replies
     assert not Refusal.BAD_ENVELOPE.replies
+
+
+# -- the replay cache: a command runs at most once, whatever the clock does (docs/agent.md "Commands")
+
+
+def open_cache(tmp_path: Path) -> Outbox:
+    return Outbox(tmp_path / "outbox.sqlite", max_bytes=1 << 20)
+
+
+def admit(box: Outbox, cose: bytes, now_ms: int) -> Checked:
+    return admit_command(cose, FLEET, DEV, OP, cache=box, now_ms=now_ms)
+
+
+def test_replays_in_the_skew_window_after_exp_run_once(tmp_path: Path) -> None:
+    box = open_cache(tmp_path)
+    t = now()
+    exp = t + 1_000
+    cose = command_cose("ping", b"r" * 16, exp_ms=exp)
+    assert admit(box, cose, t).command is not None
+    # after exp, still acceptable for CLOCK_SKEW_MS: every replay is refused, no reply
+    for late in (1, 1_000, 2_500, CLOCK_SKEW_MS - 1, CLOCK_SKEW_MS):
+        c = admit(box, cose, exp + late)
+        assert (c.command, c.refusal) == (None, Refusal.REPLAYED), late
+        assert not c.refusal.replies
+        # the cache is not refusing everything: a fresh command at the same moment runs
+        assert admit(
+            box, command_cose("ping", late.to_bytes(16, "big"), exp_ms=exp + 60_000), exp + late
+        ).command
+    assert admit(box, cose, exp + CLOCK_SKEW_MS + 1).refusal is Refusal.EXPIRED
+
+
+def prune(box: Outbox, cid: bytes, now_ms: int) -> None:
+    """Another command, admitted at ``now_ms``, prunes every id its reading refuses as expired."""
+    assert admit(box, command_cose("ping", cid, exp_ms=now_ms + 60_000), now_ms).command is not None
+
+
+def test_a_pruned_command_stays_refused_when_the_clock_is_set_back(tmp_path: Path) -> None:
+    box = open_cache(tmp_path)
+    t = now()
+    exp = t + 1_000
+    cose = command_cose("ping", b"r" * 16, exp_ms=exp)
+    assert admit(box, cose, t).command is not None
+    prune(box, b"p" * 16, exp + CLOCK_SKEW_MS + 1)
+    with box._lock:
+        assert box._db.execute("SELECT 1 FROM commands WHERE id = ?", (b"r" * 16,)).fetchone() is None
+    # the device's clock is set back: exp lies in the future again
+    for back in (t - 3_600_000, t, exp, exp + CLOCK_SKEW_MS):
+        c = admit(box, cose, back)
+        assert (c.command, c.refusal) == (None, Refusal.REPLAYED), back - exp
+    assert admit(box, command_cose("ping", b"n" * 16, exp_ms=exp + 1), t).command is not None  # newer: runs
+
+
+def test_a_command_stays_refused_after_a_restart(tmp_path: Path) -> None:
+    box = open_cache(tmp_path)
+    t = now()
+    exp = t + 1_000
+    kept = command_cose("ping", b"k" * 16, exp_ms=exp + 10 * CLOCK_SKEW_MS)
+    pruned = command_cose("ping", b"r" * 16, exp_ms=exp)
+    assert admit(box, kept, t).command is not None
+    assert admit(box, pruned, t).command is not None
+    prune(box, b"p" * 16, exp + CLOCK_SKEW_MS + 1)
+    box.close()
+    box = open_cache(tmp_path)  # the agent restarted: the same outbox database
+    for at in (t, exp, exp + CLOCK_SKEW_MS):
+        for cose in (kept, pruned):
+            c = admit(box, cose, at)
+            assert (c.command, c.refusal) == (None, Refusal.REPLAYED), at - exp
+    box.close()
+
+
+def test_a_full_cache_refuses_with_a_reply(tmp_path: Path) -> None:
+    box = open_cache(tmp_path)
+    t = now()
+    with box._lock:
+        box._db.executemany(
+            "INSERT INTO commands (id, exp) VALUES (?, ?)",
+            [(i.to_bytes(16, "big"), t + 60_000) for i in range(MAX_REPLAY_IDS)],
+        )
+    c = admit(box, command_cose("ping", b"z" * 16), t)
+    assert (c.command, c.refusal, c.command_id) == (None, Refusal.CACHE_FULL, b"z" * 16)
+    assert c.refusal.replies

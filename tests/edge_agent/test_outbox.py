@@ -7,9 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edge_agent.commands import CLOCK_SKEW_MS as SKEW
 from edge_agent.config import MIN_OUTBOX_BYTES
 from edge_agent.errors import IdentityError
-from edge_agent.outbox import MAX_REPLAY_IDS, ZERO_ID, Draft, Outbox
+from edge_agent.outbox import EXP_FLOOR_FLAG, MAX_REPLAY_IDS, ZERO_ID, Draft, Outbox
 from edge_protocol.envelope import EnvelopeError, open_envelope
 from edge_protocol.keys import Signer
 from edge_protocol.payload import Key, Kind
@@ -27,6 +28,11 @@ def open_box(path: Path, boot: int, max_bytes: int = 1 << 20) -> Outbox:
     box = Outbox(path, max_bytes=max_bytes)
     box.start_boot(SIGNER, DEV, FLEET, boot)
     return box
+
+
+def cached(box: Outbox) -> set[bytes]:
+    with box._lock:
+        return {bytes(r[0]) for r in box._db.execute("SELECT id FROM commands")}
 
 
 def test_chain_within_and_across_boots(tmp_path: Path) -> None:
@@ -133,12 +139,41 @@ def test_overflow_gap_record_and_floor(tmp_path: Path) -> None:
 
 def test_replay_cache(tmp_path: Path) -> None:
     box = open_box(tmp_path / "o.sqlite", 1)
-    assert box.remember_command(b"a" * 16, 2000, 1000) is True
-    assert box.remember_command(b"a" * 16, 2000, 1500) is False
+    assert box.remember_command(b"a" * 16, 2000, 1000, skew_ms=SKEW) is True
+    assert box.remember_command(b"a" * 16, 2000, 1500, skew_ms=SKEW) is False
     box.close()
     box = open_box(tmp_path / "o.sqlite", 2)  # survives a restart
-    assert box.remember_command(b"a" * 16, 2000, 1500) is False
-    assert box.remember_command(b"a" * 16, 9000, 2500) is True  # expired ids are pruned
+    assert box.remember_command(b"a" * 16, 2000, 1500, skew_ms=SKEW) is False
+    # still acceptable until exp + skew: still remembered
+    assert box.remember_command(b"a" * 16, 2000, 2000 + SKEW, skew_ms=SKEW) is False
+    assert box.remember_command(b"a" * 16, 9000, 2001 + SKEW, skew_ms=SKEW) is True  # expired ids are pruned
+
+
+def test_replay_cache_floor(tmp_path: Path) -> None:
+    """Pruning raises the floor; at or below it a command is refused, whatever the clock says."""
+    box = open_box(tmp_path / "o.sqlite", 1)
+    assert box.remember_command(b"a" * 16, 2000, 1000, skew_ms=SKEW) is True
+    assert box.remember_command(b"b" * 16, 3000, 1000, skew_ms=SKEW) is True
+    assert box.remember_command(b"c" * 16, 60_000, 2001 + SKEW, skew_ms=SKEW) is True  # prunes "a" only
+    assert cached(box) == {b"b" * 16, b"c" * 16}
+    assert box.get_flag(EXP_FLOOR_FLAG) == "2000"
+    for now_ms in (0, 1000, 2001 + SKEW):  # the clock set back, or not
+        assert box.remember_command(b"a" * 16, 2000, now_ms, skew_ms=SKEW) is False
+    assert box.remember_command(b"d" * 16, 1999, 0, skew_ms=SKEW) is False  # below the floor: never seen
+    assert box.remember_command(b"e" * 16, 2001, 0, skew_ms=SKEW) is True  # above it
+    box.close()
+    box = open_box(tmp_path / "o.sqlite", 2)  # the floor survives a restart
+    assert box.remember_command(b"a" * 16, 2000, 0, skew_ms=SKEW) is False
+    # a clock far ahead prunes everything; the floor is the highest exp pruned, never a clock reading
+    assert box.remember_command(b"f" * 16, 10**12, 10**11, skew_ms=SKEW) is True
+    assert cached(box) == {b"f" * 16}
+    assert box.get_flag(EXP_FLOOR_FLAG) == "60000"
+    # set back: everything pruned stays refused, later commands are not
+    assert [box.remember_command(i * 16, 60_000, 0, skew_ms=SKEW) for i in (b"b", b"c", b"e")] == [False] * 3
+    assert box.remember_command(b"g" * 16, 60_001, 0, skew_ms=SKEW) is True
+    # the floor never moves down
+    assert box.remember_command(b"h" * 16, 70_000, 3000 + SKEW, skew_ms=SKEW) is True
+    assert box.get_flag(EXP_FLOOR_FLAG) == "60000"
 
 
 def test_replay_cache_bound(tmp_path: Path) -> None:
@@ -148,7 +183,38 @@ def test_replay_cache_bound(tmp_path: Path) -> None:
             "INSERT INTO commands (id, exp) VALUES (?, ?)",
             [(i.to_bytes(16, "big"), 10**12) for i in range(MAX_REPLAY_IDS)],
         )
-    assert box.remember_command(b"z" * 16, 10**12, 0) is None
+    assert box.remember_command(b"z" * 16, 10**12, 0, skew_ms=SKEW) is None
+
+
+def test_a_replay_costs_the_same_with_a_full_cache(tmp_path: Path) -> None:
+    """The work per command does not grow with the cache (counted in SQLite VM steps, not time)."""
+
+    def steps(box: Outbox, command_id: bytes, now_ms: int) -> int:
+        n = 0
+
+        def tick() -> int:
+            nonlocal n
+            n += 1
+            return 0
+
+        box._db.set_progress_handler(tick, 1)
+        try:
+            assert box.remember_command(command_id, 10**12, now_ms, skew_ms=SKEW) is False
+        finally:
+            box._db.set_progress_handler(None, 1)
+        return n
+
+    small = open_box(tmp_path / "small.sqlite", 1)
+    assert small.remember_command(b"r" * 16, 10**12, 0, skew_ms=SKEW) is True
+    full = open_box(tmp_path / "full.sqlite", 1)
+    with full._lock:
+        full._db.executemany(
+            "INSERT INTO commands (id, exp) VALUES (?, ?)",
+            [(i.to_bytes(16, "big"), 10**12 - i) for i in range(MAX_REPLAY_IDS - 1)] + [(b"r" * 16, 10**12)],
+        )
+    # a clock reading that prunes nothing, in both
+    base = steps(small, b"r" * 16, 1000)
+    assert steps(full, b"r" * 16, 1000) <= 2 * base
 
 
 def test_flags(tmp_path: Path) -> None:
