@@ -18,8 +18,13 @@ from edge_protocol.ids import is_valid_id
 # DESIGN §2: nested maps use text keys of at most 63 bytes; nesting at most 16 levels deep.
 MAX_TEXT_KEY_BYTES = 63
 MAX_DEPTH = 16
-UINT_MAX = 2**64 - 1  # CBOR major type 0 range; larger ints would need tag 2 (no tags allowed)
-INT_MIN = -(2**64)
+# docs/protocol.md §3 "Integers": every integer in a payload, at any depth, lies in -(2^53-1)..2^53-1,
+# the range I-JSON fixes (RFC 7493 §2.2). Every layer that handles a payload holds it exactly: SQLite
+# and PostgreSQL (64-bit integers), JSON readers that use doubles (JavaScript), the verified JSON the
+# collector republishes. CBOR itself reaches 2^64-1 (major type 0); those values are MALFORMED.
+INT_MAX = 2**53 - 1
+INT_MIN = -INT_MAX
+UINT_MAX = INT_MAX  # the unsigned keys (boot, seq, t, exp, lat): 0..INT_MAX
 WIRE_VERSION = 1
 
 
@@ -124,7 +129,7 @@ def _scan(value: object, depth: int, floats: list[float]) -> int:
     if t in _LEAVES:
         return 0
     if t is int:
-        return 0 if INT_MIN <= value <= UINT_MAX else _INVALID  # type: ignore[operator]
+        return 0 if INT_MIN <= value <= INT_MAX else _INVALID  # type: ignore[operator]
     if t is float:
         if not _isfinite(value):  # type: ignore[arg-type]
             return _INVALID
@@ -149,7 +154,7 @@ def _scan_items(items: list[Any], depth: int, floats: list[float]) -> int:
                 return _INVALID
             floats.append(item)
         elif t is int:
-            if not INT_MIN <= item <= UINT_MAX:
+            if not INT_MIN <= item <= INT_MAX:
                 return _INVALID
         elif t not in _LEAVES:
             s = _scan(item, depth + 1, floats)
@@ -181,7 +186,7 @@ def _scan_map(value: dict[Any, Any], depth: int, floats: list[float]) -> int:
                 return _INVALID
             floats.append(v)
         elif t is int:
-            if not INT_MIN <= v <= UINT_MAX:
+            if not INT_MIN <= v <= INT_MAX:
                 return _INVALID
         elif t not in _LEAVES:
             s = _scan(v, depth + 1, floats)
@@ -199,8 +204,8 @@ def check_value(value: object, where: str, depth: int = 1) -> None:
     if t is str or t is bytes or t is bool or value is None:
         return
     if t is int:
-        if not INT_MIN <= value <= UINT_MAX:  # type: ignore[operator]
-            raise SchemaError(f"{where}: integer out of the 64-bit CBOR range")
+        if not INT_MIN <= value <= INT_MAX:  # type: ignore[operator]
+            raise SchemaError(f"{where}: integer outside -(2^53-1)..2^53-1")
         return
     if t is float:
         if not math.isfinite(value):  # type: ignore[arg-type]
@@ -261,7 +266,7 @@ _CODES: dict[int, int] = {
 # The keys whose value is a nested map (text keys, any depth up to MAX_DEPTH).
 MAP_KEYS = tuple(sorted(k for k, code in _CODES.items() if code == _MAP))
 _WANTS = {
-    _UINT: "an unsigned integer",
+    _UINT: "an integer in 0..2^53-1",
     _B32: "a 32-byte string",
     _B16: "a 16-byte string",
     _ID: "a valid id",

@@ -34,10 +34,13 @@ from edge_protocol.envelope import (
 )
 from edge_protocol.keys import SIGNATURE_LEN, Signer, Verifier
 from edge_protocol.payload import (
+    INT_MAX,
+    INT_MIN,
     MAX_TEXT_KEY_BYTES,
     SCHEMA,
     Key,
     Kind,
+    UINT_MAX,
     SchemaError,
     check_payload,
     float_savings,
@@ -62,7 +65,7 @@ floats = (
     | st.floats(width=16, allow_nan=False, allow_infinity=False)
     | st.sampled_from(SPECIAL_FLOATS)
 )
-ints = st.integers(-(2**64), 2**64 - 1) | st.sampled_from([0, 23, 24, 255, 256, 65535, 65536, 2**32, -1, -25])
+ints = st.integers(INT_MIN, INT_MAX) | st.sampled_from([0, 23, 24, 255, 256, 65535, 65536, 2**32, -1, -25, INT_MAX, INT_MIN])
 text_keys = (
     st.text(alphabet="ab", max_size=2)  # few keys, so maps often hold keys of one length in either order
     | st.text(max_size=12).filter(lambda k: len(k.encode("utf-8")) <= MAX_TEXT_KEY_BYTES)
@@ -88,7 +91,7 @@ def _strategy(key: Key, kind: Kind) -> st.SearchStrategy[Any]:
     if key == Key.KIND:
         return st.just(int(kind))
     if key in _UINT_KEYS:
-        return st.integers(0, 2**64 - 1) | st.sampled_from([0, 23, 24, 255, 256, 2**32])
+        return st.integers(0, UINT_MAX) | st.sampled_from([0, 23, 24, 255, 256, 2**32, UINT_MAX])
     if key in _B32_KEYS:
         return st.binary(min_size=32, max_size=32)
     if key == Key.ID:

@@ -20,7 +20,7 @@ from edge_protocol.envelope import (
     sig_structure,
 )
 from edge_protocol.keys import Signer
-from edge_protocol.payload import MAX_DEPTH, MAX_TEXT_KEY_BYTES, Key, Kind
+from edge_protocol.payload import INT_MAX, INT_MIN, MAX_DEPTH, MAX_TEXT_KEY_BYTES, UINT_MAX, Key, Kind
 
 SIGNER = Signer.from_seed(bytes(range(32)))
 OTHER = Signer.from_seed(bytes(range(1, 33)))
@@ -28,7 +28,7 @@ FLEET = "demo"
 
 text_keys = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12)
 leaves = (
-    st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    st.integers(min_value=INT_MIN, max_value=INT_MAX)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=20)
     | st.binary(max_size=40)
@@ -51,7 +51,7 @@ def result_payloads(draw: st.DrawFn) -> dict[int, object]:
         Key.BOOT: draw(st.integers(0, 2**32)),
         Key.SEQ: draw(st.integers(0, 2**32)),
         Key.PREV: draw(st.binary(min_size=32, max_size=32)),
-        Key.T: draw(st.integers(0, 2**63)),
+        Key.T: draw(st.integers(0, UINT_MAX)),
         Key.KIND: int(Kind.RESULT),
         Key.PIPE: draw(ids),
         Key.MODEL: draw(st.binary(min_size=32, max_size=32)),
@@ -148,6 +148,15 @@ def _resign(payload_bytes: bytes) -> bytes:
         (result(k10={1: 2}), "int key in nested map"),
         (result(k10={"a": float("inf")}), "inf"),
         ({k: v for k, v in result().items() if k != 9}, "missing input"),
+        # docs/protocol.md §3 "Integers": -(2^53-1)..2^53-1 at any depth, 0..2^53-1 for the unsigned keys
+        (result(k5=2**63), "t = 2^63 (past SQLite's INTEGER)"),
+        (result(k5=UINT_MAX + 1), "t = 2^53"),
+        (result(k2=2**64 - 1), "boot = 2^64-1"),
+        (result(k3=UINT_MAX + 1), "seq = 2^53"),
+        (result(k23=2**63), "lat = 2^63"),
+        (result(k10={"n": INT_MAX + 1}), "nested 2^53"),
+        (result(k10={"n": [INT_MIN - 1]}), "nested -2^53"),
+        (result(k10={"n": -(2**64)}), "nested -2^64"),
     ],
 )
 def test_schema_violations_are_malformed_even_when_signed(payload: dict[int, object], why: str) -> None:
@@ -157,6 +166,13 @@ def test_schema_violations_are_malformed_even_when_signed(payload: dict[int, obj
     assert e.value.verdict is Verdict.MALFORMED, why
     with pytest.raises(EnvelopeError):
         seal(payload, SIGNER, FLEET)
+
+
+def test_integer_range_ends_are_accepted() -> None:
+    p = result(k2=UINT_MAX, k3=UINT_MAX, k5=UINT_MAX, k23=UINT_MAX, k10={"a": INT_MAX, "b": [INT_MIN]})
+    opened = open_envelope(seal(p, SIGNER, FLEET).cose, FLEET, SIGNER.public_key)
+    assert opened.payload[Key.T] == UINT_MAX
+    assert opened.payload[Key.OUT] == {"a": INT_MAX, "b": [INT_MIN]}
 
 
 def test_nesting_limit() -> None:

@@ -105,7 +105,7 @@ class Independent:
 SEED = bytes(range(100, 132))
 ids = st.from_regex(r"[a-z0-9][a-z0-9_-]{0,20}", fullmatch=True)
 leaves = (
-    st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12)
+    st.integers(-(2**53 - 1), 2**53 - 1) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12)
 )
 nested = st.recursive(
     leaves | st.binary(max_size=20) | st.booleans() | st.none(),
@@ -121,7 +121,7 @@ nested = st.recursive(
 def results(draw: st.DrawFn) -> dict[int, Any]:
     return {
         0: 1, 1: draw(ids), 2: draw(st.integers(0, 2**40)), 3: draw(st.integers(0, 2**40)),
-        4: draw(st.binary(min_size=32, max_size=32)), 5: draw(st.integers(0, 2**63)), 6: 1, 7: draw(ids),
+        4: draw(st.binary(min_size=32, max_size=32)), 5: draw(st.integers(0, 2**53 - 1)), 6: 1, 7: draw(ids),
         8: draw(st.binary(min_size=32, max_size=32)), 9: draw(st.binary(min_size=32, max_size=32)),
         10: draw(st.dictionaries(st.text("abcdefghijklmnop", min_size=1, max_size=10), nested, max_size=4)),
     }  # fmt: skip
