@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import json
 import logging
 import os
 import random
@@ -50,6 +49,7 @@ from edge_agent.mqtt_version import Cause, VersionPolicy
 from edge_agent.outbox import Entry, Outbox
 from edge_protocol.envelope import EnvelopeError, KeyRing, open_envelope
 from edge_protocol.payload import Kind
+from edge_protocol.state import Presence, encode_state
 from edge_protocol.topics import Channel, device_topic
 
 log = logging.getLogger(__name__)
@@ -102,11 +102,6 @@ class _Events:
     disconnected: bool = False
     pubacks: list[tuple[int, int]] = field(default_factory=list)  # (mid, reason value)
     messages: list[tuple[str, bytes]] = field(default_factory=list)
-
-
-def state_payload(state: str, boot: int, t_ms: int) -> bytes:
-    """The advisory JSON on ``P/{dev}/state`` (DESIGN §3)."""
-    return json.dumps({"state": state, "boot": boot, "t": t_ms}, separators=(",", ":")).encode()
 
 
 def backoff_delay(attempt: int, lo: float, hi: float, rng: random.Random) -> float:
@@ -335,7 +330,9 @@ class Session:
         # Our own bound is the real one; paho must never queue behind it (0 would mean unlimited).
         client.max_inflight_messages_set(self.cfg.max_inflight + 8)
         client.max_queued_messages_set(0)
-        client.will_set(self.state_topic, state_payload("offline", self.boot, _wall_ms()), qos=1, retain=True)
+        client.will_set(
+            self.state_topic, encode_state(Presence.OFFLINE, self.boot, _wall_ms()), qos=1, retain=True
+        )
         if self.cfg.username is not None:
             client.username_pw_set(self.cfg.username, self._password)
         if self._tls is not None:
@@ -462,7 +459,9 @@ class Session:
         self._attempt = 0
         log.info("mqtt: connected to %s:%d (MQTT %s)", self.cfg.host, self.cfg.port, self.counters.protocol)
         self._client.subscribe([(self.cmd_topic, 1), (self.ack_topic, 1)])
-        info = self._client.publish(self.state_topic, state_payload("online", self.boot, _wall_ms()), 1, True)
+        info = self._client.publish(
+            self.state_topic, encode_state(Presence.ONLINE, self.boot, _wall_ms()), 1, True
+        )
         self._state_mids.add(info.mid)
         # DESIGN §3: every stored entry is sent again on every reconnect, in chain order.
         self._fresh.clear()
@@ -568,7 +567,9 @@ class Session:
         if client is None or self.state is not State.CONNECTED:
             self._drop_client()
             return
-        info = client.publish(self.state_topic, state_payload("offline", self.boot, _wall_ms()), 1, True)
+        info = client.publish(
+            self.state_topic, encode_state(Presence.OFFLINE, self.boot, _wall_ms()), 1, True
+        )
         deadline = self._clock() + 1.0
         while self._clock() < deadline and not info.is_published() and client.socket() is not None:
             readable, writable = self._wait(0.05, client.socket())
