@@ -35,6 +35,7 @@ tables and their triggers; opening a schema 1 store migrates it (and counts the 
 
 from __future__ import annotations
 
+import bisect
 import json
 import sqlite3
 import threading
@@ -49,8 +50,13 @@ from typing import Any
 from edge_protocol.envelope import Verdict
 from fleet_cli.errors import FleetError
 
-# 1: the first release; 2: the quarantine bound (quarantine_tally, quarantine_share, their triggers).
-SCHEMA_VERSION = 2
+# 1: the first release; 2: the quarantine bound (quarantine_tally, quarantine_share, their triggers);
+# 3: the latest heartbeat ordered by (metrics_boot, metrics_seq) instead of boot * 2^32 + seq, which
+#    overflowed 64 bits for a boot above 2^31 (docs/protocol.md §3 "Integers" lets boot reach 2^53-1).
+SCHEMA_VERSION = 3
+# Counters of seqs (gaps, drops) add up widths that a device chooses (each at most 2^53-1): they
+# saturate here, the largest INTEGER of SQLite (and of PostgreSQL's bigint), instead of overflowing.
+COUNTER_MAX = 2**63 - 1
 # Default bound of the quarantine table (rows). A flood of hostile messages is typically a few hundred
 # bytes each (~30 MB at this bound); the worst case is every row an oversize envelope at the broker's
 # packet limit (69,632 bytes, broker_config.conf), ~6.5 GiB. 100,000 keeps the evidence of a whole
@@ -114,8 +120,10 @@ CREATE TABLE IF NOT EXISTS devices (
     info          TEXT,                         -- JSON of the latest birth's info map
     info_boot     INTEGER NOT NULL DEFAULT -1,
     metrics       TEXT,                         -- JSON of the latest heartbeat's metrics map
-    metrics_at    INTEGER NOT NULL DEFAULT -1,  -- boot * 2^32 + seq of that heartbeat
-    metrics_ms    INTEGER
+    metrics_at    INTEGER NOT NULL DEFAULT -1,  -- schema 1-2: boot * 2^32 + seq (no longer written)
+    metrics_ms    INTEGER,
+    metrics_boot  INTEGER NOT NULL DEFAULT -1,  -- (boot, seq) of that heartbeat
+    metrics_seq   INTEGER NOT NULL DEFAULT -1
 ) STRICT""",
     """
 CREATE TABLE IF NOT EXISTS keys (
@@ -195,8 +203,15 @@ CREATE TABLE IF NOT EXISTS states (
 ) STRICT""",
 )
 
+# Schema 3, from a schema 1-2 store: the (boot, seq) of the latest heartbeat in two columns.
+_MIGRATE_3 = (
+    "ALTER TABLE devices ADD COLUMN metrics_boot INTEGER NOT NULL DEFAULT -1",
+    "ALTER TABLE devices ADD COLUMN metrics_seq INTEGER NOT NULL DEFAULT -1",
+    "UPDATE devices SET metrics_boot = metrics_at >> 32, metrics_seq = metrics_at & 4294967295"
+    " WHERE metrics_at >= 0",
+)
+
 ZERO_ID = bytes(32)
-_SEQ_SHIFT = 1 << 32  # metrics_at orders heartbeats by (boot, seq)
 
 
 class StoreError(FleetError):
@@ -356,6 +371,46 @@ def eviction_plan(shares: Iterable[tuple[str, int]], need: int) -> list[tuple[st
     return [(d, before) for d, before in group if before > 0]  # need exceeds every row: all go
 
 
+def add_span(spans: list[tuple[int, int]], lo: int, hi: int) -> None:
+    """Add ``lo..hi`` to sorted, disjoint, non-adjacent ``spans``, merging what it touches."""
+    i = bisect.bisect_left(spans, (lo, lo))
+    if i > 0 and spans[i - 1][1] >= lo - 1:
+        i -= 1
+    j = i
+    while j < len(spans) and spans[j][0] <= hi + 1:
+        lo, hi = min(lo, spans[j][0]), max(hi, spans[j][1])
+        j += 1
+    spans[i:j] = [(lo, hi)]
+
+
+def span_end(spans: list[tuple[int, int]], seq: int) -> int:
+    """The last seq of the run of ``spans`` (sorted, disjoint, non-adjacent) that holds ``seq``, or
+    ``seq - 1`` when none holds it."""
+    i = bisect.bisect_right(spans, (seq, COUNTER_MAX)) - 1
+    if i >= 0 and spans[i][0] <= seq <= spans[i][1]:
+        return spans[i][1]
+    return seq - 1
+
+
+def uncovered(lo: int, hi: int, taken: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The runs of ``lo..hi`` outside every span of ``taken`` (any order, may overlap)."""
+    out: list[tuple[int, int]] = []
+    cur = lo
+    for a, b in sorted(taken):
+        if b < cur:
+            continue
+        if a > hi:
+            break
+        if a > cur:
+            out.append((cur, a - 1))
+        cur = b + 1
+        if cur > hi:
+            return out
+    if cur <= hi:
+        out.append((cur, hi))
+    return out
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -404,8 +459,12 @@ class Store:
                     )
                 if version < SCHEMA_VERSION:
                     self._db.execute("BEGIN IMMEDIATE")
+                    columns = {r[1] for r in self._db.execute("PRAGMA table_info(devices)")}
                     for stmt in _SCHEMA:
                         self._db.execute(stmt)
+                    if columns and "metrics_boot" not in columns:
+                        for stmt in _MIGRATE_3:
+                            self._db.execute(stmt)
                     self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                     self._db.execute("COMMIT")
             # a reader of a schema 1 store (its collector not restarted yet) counts the table itself
@@ -441,6 +500,7 @@ class Store:
                     result = self._write(batch)
                 except BaseException:
                     self._db.execute("ROLLBACK")
+                    self._covered.clear()  # it may hold ranges of the rolled-back batch
                     raise
                 self._db.execute("COMMIT")
             except sqlite3.Error as e:
@@ -474,7 +534,7 @@ class Store:
             if c.gap is not None:
                 gboot, lo, hi, why = c.gap
                 gap_rows.append((c.dev, gboot, lo, hi, "device", why, c.t_received))
-                self._covered_ranges(c.dev, gboot).append((lo, hi))
+                self._cover(c.dev, gboot, lo, hi)
                 batch.touched.add((c.dev, gboot))  # an earlier boot's head may move over the drops
         # One statement per table and batch, rows in arrival order (the messages' ids keep it).
         db.executemany(
@@ -580,13 +640,14 @@ class Store:
     def _update_device(self, dev: str, cands: list[Candidate]) -> None:
         db = self._db
         top = max(cands, key=lambda c: (c.boot, c.seq))
-        drops = sum(c.gap[2] - c.gap[1] + 1 for c in cands if c.gap is not None)
-        # SET expressions all see the old row, so the CASE reads the old boot.
+        drops = min(COUNTER_MAX, sum(c.gap[2] - c.gap[1] + 1 for c in cands if c.gap is not None))
+        # SET expressions all see the old row, so the CASE reads the old boot. A sum past 2^63-1
+        # becomes a REAL in SQLite; MIN brings it back to the INTEGER bound.
         db.execute(
-            "UPDATE devices SET accepted = accepted + ?, drops = drops + ?,"
+            "UPDATE devices SET accepted = accepted + ?, drops = MIN(drops + ?, ?),"
             " last_seq = CASE WHEN ? > boot THEN ? WHEN ? = boot THEN MAX(last_seq, ?) ELSE last_seq END,"
             " boot = MAX(boot, ?) WHERE dev = ?",
-            (len(cands), drops, top.boot, top.seq, top.boot, top.seq, top.boot, dev),
+            (len(cands), drops, COUNTER_MAX, top.boot, top.seq, top.boot, top.seq, top.boot, dev),
         )
         for c in cands:
             if c.info is not None:
@@ -600,33 +661,28 @@ class Store:
                     (dev, c.public_key, c.t_received),
                 )
             if c.metrics is not None:
-                at = c.boot * _SEQ_SHIFT + c.seq
                 db.execute(
-                    "UPDATE devices SET metrics = ?, metrics_at = ?, metrics_ms = ?"
-                    " WHERE dev = ? AND metrics_at < ?",
-                    (c.metrics, at, c.t_received, dev, at),
+                    "UPDATE devices SET metrics = ?, metrics_boot = ?, metrics_seq = ?, metrics_ms = ?"
+                    " WHERE dev = ? AND (metrics_boot, metrics_seq) < (?, ?)",
+                    (c.metrics, c.boot, c.seq, c.t_received, dev, c.boot, c.seq),
                 )
 
     def _record_timeout_gaps(self, gaps: list[GapRange], now: int) -> list[GapRange]:
-        """Keep only the seqs of each reported range that are really missing from the store."""
+        """Keep only the seqs of each reported range that are really missing from the store.
+
+        Ranges stay ranges (docs/protocol.md §6: a hostile jump of seq costs nothing): the work is
+        the stored messages and device-covered spans inside the range, never its width."""
         out: list[GapRange] = []
         for g in gaps:
-            have = {
-                r[0]
+            taken = [
+                (r[0], r[0])
                 for r in self._db.execute(
                     "SELECT seq FROM messages WHERE dev = ? AND boot = ? AND seq BETWEEN ? AND ?",
                     (g.dev, g.boot, g.first, g.last),
                 )
-            }
-            covered = self._covered_ranges(g.dev, g.boot)
-            run: list[int] = []
-            for s in range(g.first, g.last + 1):
-                missing = s not in have and not any(lo <= s <= hi for lo, hi in covered)
-                if missing:
-                    run.append(s)
-                if run and (not missing or s == g.last):
-                    out.append(GapRange(g.dev, g.boot, run[0], run[-1]))
-                    run = []
+            ]
+            taken += self._covered_ranges(g.dev, g.boot)
+            out += [GapRange(g.dev, g.boot, lo, hi) for lo, hi in uncovered(g.first, g.last, taken)]
         for g in out:
             self._db.execute(
                 "INSERT INTO gaps (dev, boot, first, last, source, why, t_ms) VALUES (?,?,?,?,?,?,?)",
@@ -634,21 +690,26 @@ class Store:
             )
             self._touch_device(g.dev, now)
             self._db.execute(
-                "UPDATE devices SET gaps = gaps + ? WHERE dev = ?", (g.last - g.first + 1, g.dev)
+                "UPDATE devices SET gaps = MIN(gaps + ?, ?) WHERE dev = ?",
+                (g.last - g.first + 1, COUNTER_MAX, g.dev),
             )
         return out
 
     def _covered_ranges(self, dev: str, boot: int) -> list[tuple[int, int]]:
+        """The seqs of (dev, boot) the device itself reported dropped: sorted, disjoint spans."""
         key = (dev, boot)
-        if key not in self._covered:
-            self._covered[key] = [
-                (r[0], r[1])
-                for r in self._db.execute(
-                    "SELECT first, last FROM gaps WHERE dev = ? AND boot = ? AND source = 'device'",
-                    (dev, boot),
-                )
-            ]
-        return self._covered[key]
+        spans = self._covered.get(key)
+        if spans is None:
+            spans = []
+            for r in self._db.execute(
+                "SELECT first, last FROM gaps WHERE dev = ? AND boot = ? AND source = 'device'", (dev, boot)
+            ):
+                add_span(spans, r[0], r[1])
+            self._covered[key] = spans
+        return spans
+
+    def _cover(self, dev: str, boot: int, lo: int, hi: int) -> None:
+        add_span(self._covered_ranges(dev, boot), lo, hi)
 
     def _advance_head(self, dev: str, boot: int, now: int) -> AckHead | None:
         """Move the stored head of (dev, boot) over every stored or device-dropped seq above it."""
@@ -663,21 +724,15 @@ class Store:
         )
         new_head, new_id = head, head_id
         for seq, msg_id in cur:
-            while new_head + 1 < seq:
-                nxt = new_head + 1
-                hit = next(((lo, hi) for lo, hi in covered if lo <= nxt <= hi), None)
-                if hit is None:
-                    break
-                new_head = min(hit[1], seq - 1)
+            if new_head + 1 < seq:  # a hole: over it only if the device dropped those seqs
+                new_head = min(span_end(covered, new_head + 1), seq - 1)
             if seq != new_head + 1:
                 break
             new_head, new_id = seq, msg_id
         cur.close()
-        while True:  # the tail: seqs above the last stored one that the device says it dropped
-            hit = next(((lo, hi) for lo, hi in covered if lo <= new_head + 1 <= hi), None)
-            if hit is None:
-                break
-            new_head = hit[1]
+        # the tail: seqs above the last stored one that the device says it dropped (spans are merged,
+        # so one look-up reaches the end of the run)
+        new_head = span_end(covered, new_head + 1)
         if new_head < 0:
             return None
         if new_head != head:
