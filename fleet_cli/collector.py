@@ -62,6 +62,7 @@ from edge_protocol.envelope import (
 from edge_protocol.errors import InvalidTopic
 from edge_protocol.keys import Signer, claim_tag
 from edge_protocol.payload import Key, Kind
+from edge_protocol.state import StateError, parse_state
 from edge_protocol.topics import (
     DEVICE_SIGNED,
     Channel,
@@ -119,8 +120,14 @@ LOG_INTERVAL_S = 30.0
 EXPIRE_INTERVAL_S = 1.0
 # Registry answers (revoked? bound key?) are cached this long: a revocation takes effect within it.
 REGISTRY_RECHECK_S = 5.0
-# A state message is a small JSON object (DESIGN §3); anything bigger is MALFORMED.
-MAX_STATE_BYTES = 1024
+# Registry answers kept at most for this many device ids: ids named on the device topics are not all
+# registered ones (anyone with write access can invent them), so the cache is bounded, and cleared
+# when full (a fleet this size re-reads a few entries; each read is one indexed SQLite lookup).
+DIRECTORY_CACHE = 65_536
+# Distinct labels counted per device in the stats and the retained aggregate: a device chooses its
+# labels, so beyond this many further ones are counted under OTHER_LABEL.
+MAX_LABELS_PER_DEVICE = 64
+OTHER_LABEL = "(other)"
 # Latency samples (t_received - t_device of results) kept for p50/p95.
 LATENCY_SAMPLES = 10_000
 # Window over which msgs/s is measured.
@@ -244,6 +251,8 @@ class RegistryDirectory:
         hit = self._cache.get(dev)
         if hit is not None and not fresh and now - hit[0] < REGISTRY_RECHECK_S:
             return hit[1]
+        if len(self._cache) >= DIRECTORY_CACHE:
+            self._cache.clear()
         try:
             rec = self._registry.get_device(dev)
         except NotFoundError:
@@ -425,24 +434,19 @@ class Intake:
             raise EnvelopeError(Verdict.CLAIM_INVALID, "claim does not match the device's claim token")
         return open_envelope(payload, self.fleet, key), key
 
-    @staticmethod
-    def _state(dev: str, payload: bytes, t_received: int, reject: Callable[..., Rejected]) -> Outcome:
-        if len(payload) > MAX_STATE_BYTES:
-            return reject(Verdict.MALFORMED, f"state message over {MAX_STATE_BYTES} bytes", dev)
+    def _state(self, dev: str, payload: bytes, t_received: int, reject: Callable[..., Rejected]) -> Outcome:
+        """An advisory state message (docs/protocol.md §5): unsigned, so it counts only for a registered,
+        unrevoked device, and only in the documented form; anything else is quarantined (bounded)."""
+        entry = self.directory.entry(dev)
+        if not entry.known:
+            return reject(Verdict.UNKNOWN_DEVICE, f"state of device {dev}, which is not in the registry", dev)
+        if entry.revoked:
+            return reject(Verdict.REVOKED, f"state of device {dev}, which is revoked", dev)
         try:
-            doc = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
-            return reject(Verdict.MALFORMED, "state message is not JSON", dev)
-        if not isinstance(doc, dict) or doc.get("state") not in ("online", "offline"):
-            return reject(Verdict.MALFORMED, "state message is not {state: online|offline, ...}", dev)
-        boot, t = doc.get("boot"), doc.get("t")
-        return StateUpdate(
-            dev,
-            doc["state"],
-            boot if type(boot) is int else None,
-            t if type(t) is int else None,
-            t_received,
-        )
+            st = parse_state(payload)
+        except StateError as e:
+            return reject(Verdict.MALFORMED, str(e), dev)
+        return StateUpdate(dev, st.presence.value, st.boot, st.t, t_received)
 
 
 # ---- statistics -----------------------------------------------------------------------------
@@ -466,6 +470,11 @@ class CollectorStats:
     dropped_qos0: int
     quarantine_evicted: int  # quarantine rows this collector's commits evicted (the bound)
     error: str | None
+    # Every message taken from the broker is one of: accepted, a duplicate, rejected (quarantined:
+    # received == accepted + duplicates + sum(rejected) + states once idle), or an applied state.
+    received: int = 0
+    states: int = 0  # advisory state messages applied
+    internal_errors: int = 0  # messages whose handling raised; each was still quarantined
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -485,6 +494,9 @@ class CollectorStats:
             "dropped_qos0": self.dropped_qos0,
             "quarantine_evicted": self.quarantine_evicted,
             "error": self.error,
+            "received": self.received,
+            "states": self.states,
+            "internal_errors": self.internal_errors,
         }
 
 
@@ -511,6 +523,9 @@ class _Counters:
     rate_marks: deque[tuple[float, int]] = field(default_factory=deque)
     states: dict[str, tuple[str, int | None]] = field(default_factory=dict)
     boots: dict[str, int] = field(default_factory=dict)
+    received: int = 0
+    states_applied: int = 0
+    internal_errors: int = 0
 
     def online(self) -> int:
         """Devices whose last state is online, or offline from an older boot (DESIGN §3)."""
@@ -523,6 +538,21 @@ class _Counters:
 
 
 # ---- the collector --------------------------------------------------------------------------
+
+
+def _merge(results: list[CommitResult]) -> CommitResult:
+    """Several commits' results as one (heads: the last one of each (dev, boot))."""
+    heads = {(h.dev, h.boot): h for r in results for h in r.heads}
+    quarantine = next((r.quarantine for r in reversed(results) if r.quarantine is not None), None)
+    return CommitResult(
+        [c for r in results for c in r.stored],
+        [c for r in results for c in r.conflicts],
+        [c for r in results for c in r.duplicates],
+        list(heads.values()),
+        [g for r in results for g in r.gaps],
+        quarantine,
+    )
+
 
 _STOP = object()
 
@@ -870,14 +900,34 @@ class Collector:
         answers = iter(chunk.answers)
         for raw, route in zip(chunk.raws, chunk.routes, strict=True):
             topic, payload, mid, qos, t_rx = raw
-            if route is None or chunk.lost:
-                outcome = intake.judge(topic, payload, t_rx, now)
-            else:
-                outcome = intake.conclude(topic, route.dev, next(answers), payload, t_received=t_rx, now=now)
+            answer = next(answers) if route is not None and not chunk.lost else None
+            try:
+                if route is None or answer is None:
+                    outcome = intake.judge(topic, payload, t_rx, now)
+                else:
+                    outcome = intake.conclude(topic, route.dev, answer, payload, t_received=t_rx, now=now)
+            except Exception as e:  # no single message may stop the collector (docs/reliability.md)
+                outcome = self._internal_error(topic, payload, t_rx, "verifying it", e)
             self._take(outcome, batch)
             if qos > 0:
                 mids.append((mid, qos))
+        with self._lock:
+            self._c.received += len(chunk.raws)
         self._in_pipeline -= len(chunk.raws)
+
+    def _internal_error(self, topic: str, payload: bytes, t_rx: int, doing: str, e: Exception) -> Rejected:
+        """A message whose handling raised: quarantined as MALFORMED with the error, and counted. The
+        first one of a run is logged with its traceback, later ones in one line each."""
+        with self._lock:
+            self._c.internal_errors += 1
+            first = self._c.internal_errors == 1
+        reason = f"internal error while {doing}: {type(e).__name__}: {e}"[:500]
+        log.error("message on %s: %s", _sanitize(topic), _sanitize(reason, 200), exc_info=first)
+        try:
+            dev: str | None = parse_topic(topic).dev
+        except Exception:
+            dev = None
+        return Rejected(topic, dev, Verdict.MALFORMED, reason, payload, t_rx)
 
     def _take(self, outcome: Outcome, batch: Batch) -> None:
         if isinstance(outcome, Candidate):
@@ -901,7 +951,10 @@ class Collector:
         assert self._store is not None
         assert self._link is not None
         t0 = time.perf_counter()
-        result = self._store.commit(batch)
+        try:
+            result = self._store.commit(batch)
+        except Exception as e:
+            result = self._commit_apart(batch, e)
         elapsed = time.perf_counter() - t0
         # only now: the messages are stored (or quarantined)
         self._link.ack_many([mid for mid, qos in mids if qos == 1])
@@ -914,7 +967,55 @@ class Collector:
         if self.config.publish_verified:
             for c in result.stored:
                 if c.kind == Kind.RESULT:
-                    self._publish_verified(c)
+                    try:
+                        self._publish_verified(c)
+                    except Exception as e:  # the result is stored; only its republication is lost
+                        self._count_error(f"republishing {c.dev} boot {c.boot} seq {c.seq}", e)
+
+    def _count_error(self, doing: str, e: Exception) -> None:
+        with self._lock:
+            self._c.internal_errors += 1
+            first = self._c.internal_errors == 1
+        log.error("internal error while %s: %s: %s", doing, type(e).__name__, _sanitize(str(e), 200),
+                  exc_info=first)  # fmt: skip
+
+    def _commit_apart(self, batch: Batch, error: Exception) -> CommitResult:
+        """The batch's transaction failed: commit its parts one by one, so that one message the store
+        cannot take (whatever the reason) is quarantined instead of stopping the collector. If even the
+        quarantine row of a part cannot be written, the store itself is failing: raise, so that nothing
+        is PUBACKed (the broker keeps it all for the next start)."""
+        assert self._store is not None
+        store = self._store
+        log.warning("a batch of %d messages failed to commit (%s: %s); committing them one by one",
+                    len(batch), type(error).__name__, _sanitize(str(error), 200))  # fmt: skip
+        results: list[CommitResult] = []
+        parts: list[tuple[Batch, Rejected | None]] = [
+            (Batch(candidates=[c]), Rejected("", c.dev, Verdict.MALFORMED, "", c.cose, c.t_received))
+            for c in batch.candidates
+        ]
+        parts += [(Batch(rejected=[r]), None) for r in batch.rejected]
+        parts += [(Batch(states=[st]), None) for st in batch.states]
+        parts += [(Batch(timeout_gaps=[g]), None) for g in batch.timeout_gaps]
+        parts.append((Batch(duplicates=dict(batch.duplicates), touched=set(batch.touched)), None))
+        for part, fallback in parts:
+            try:
+                results.append(store.commit(part))
+                continue
+            except Exception as e:
+                what = f"storing {part.candidates[0].dev}" if part.candidates else "storing a batch part"
+                if fallback is None:  # advisory parts (state, timeout gaps, counters): counted, dropped
+                    if part.rejected:
+                        raise  # a quarantine row the store cannot write: the store is failing
+                    self._count_error(what, e)
+                    continue
+                self._count_error(what, e)
+                reason = f"the store refused it: {type(e).__name__}: {e}"[:500]
+                quarantined = Rejected(fallback.topic, fallback.dev, fallback.verdict, reason,
+                                       fallback.cose, fallback.t_received)  # fmt: skip
+                done = store.commit(Batch(rejected=[quarantined]))  # raises if the store is failing
+                # a conflict: counted as rejected like the store's own refusals
+                results.append(CommitResult([], [quarantined], [], done.heads, [], done.quarantine))
+        return _merge(results)
 
     def _account(self, batch: Batch, result: CommitResult, elapsed: float) -> None:
         now = self._clock()
@@ -930,7 +1031,10 @@ class Collector:
                     c.latency.append(float(s.t_received - s.t_device))
                     if s.label is not None:
                         labels = c.labels.setdefault(s.dev, {})
-                        labels[s.label] = labels.get(s.label, 0) + 1
+                        label = s.label
+                        if label not in labels and len(labels) >= MAX_LABELS_PER_DEVICE:
+                            label = OTHER_LABEL
+                        labels[label] = labels.get(label, 0) + 1
             for r in [*batch.rejected, *result.conflicts]:
                 c.rejected[r.verdict.value] = c.rejected.get(r.verdict.value, 0) + 1
             c.duplicates += sum(batch.duplicates.values()) + len(result.duplicates)
@@ -938,6 +1042,7 @@ class Collector:
             first_eviction = evicted > 0 and c.quarantine_evicted == 0
             c.quarantine_evicted += evicted
             c.gaps += sum(g.last - g.first + 1 for g in result.gaps)
+            c.states_applied += len(batch.states)
             for st in batch.states:
                 c.states[st.dev] = (st.state, st.boot)
             c.rate_marks.append((now, c.accepted))
@@ -975,10 +1080,13 @@ class Collector:
                 Key.T: time.time_ns() // 1_000_000,
                 Key.KIND: int(Kind.ACK),
             }
-            sealed = seal(payload, self._signer, self.config.fleet)
-            self._link.publish(device_topic(self.config.fleet, dev, Channel.ACK), sealed.cose, qos=1)
-            self._ack_last[key] = now
             del self._ack_due[key]
+            self._ack_last[key] = now
+            try:
+                sealed = seal(payload, self._signer, self.config.fleet)
+                self._link.publish(device_topic(self.config.fleet, dev, Channel.ACK), sealed.cose, qos=1)
+            except Exception as e:  # never expected (heads come from the store): counted, not fatal
+                self._count_error(f"acking {dev} boot {boot}", e)
 
     def _publish_verified(self, c: Candidate) -> None:
         assert self._link is not None
@@ -1060,6 +1168,9 @@ class Collector:
                 dropped_qos0=c.dropped_qos0,
                 quarantine_evicted=c.quarantine_evicted,
                 error=self._error,
+                received=c.received,
+                states=c.states_applied,
+                internal_errors=c.internal_errors,
             )
 
     def wait_idle(self, timeout: float = 10.0, settle_s: float = 0.3) -> bool:

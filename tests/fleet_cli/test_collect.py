@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import random
 import sqlite3
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -199,3 +201,67 @@ def test_prometheus_metrics(mosquitto: Broker, registry: Registry, pub: Publishe
     assert 'edgeseal_collector_messages_total{verdict="MALFORMED"} 1.0' in text
     assert "edgeseal_collector_quarantine_size 1.0" in text
     assert "edgeseal_collector_batch_seconds_count" in text
+
+
+def test_a_message_the_store_refuses_is_quarantined_and_the_collector_goes_on(
+    mosquitto: Broker, registry: Registry, pub: Publisher, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No single message may stop the collector (docs/reliability.md): a batch whose transaction fails
+    is committed again message by message, and the one the store refuses is quarantined."""
+    fleet = unique_fleet()
+    a = add_devices(registry, fleet, ["dev-a"])["dev-a"]
+    real_write = Store._write
+
+    def write(self: Store, batch: Any) -> Any:  # a store that cannot take one row, whatever the cause
+        if any(c.seq == 2 for c in batch.candidates):
+            raise OverflowError("Python int too large to convert to SQLite INTEGER")
+        return real_write(self, batch)
+
+    monkeypatch.setattr(Store, "_write", write)
+    store = tmp_path / "store.db"
+    with running(collector_config(fleet, mosquitto.host, mosquitto.port, store), registry) as c:
+        pub.send(a.birth(), a.result(), a.result(), a.result())
+        assert c.wait_idle()
+        pub.send(a.result())  # and it goes on
+        assert c.wait_idle()
+        snap = c.snapshot()
+        assert c.failed is None
+    assert stored(store) == [("dev-a", 1, s, 0 if s == 0 else 1) for s in (0, 1, 3, 4)]
+    with sqlite3.connect(store) as db:
+        rows = db.execute("SELECT verdict, reason FROM quarantine").fetchall()
+    assert len(rows) == 1
+    assert rows[0][0] == "MALFORMED"
+    assert "the store refused it: OverflowError" in rows[0][1]
+    assert snap.internal_errors == 1
+    assert snap.received == 5
+    assert snap.received == snap.accepted + snap.duplicates + sum(snap.rejected.values()) + snap.states
+
+
+def test_a_failing_store_stops_the_collector_without_acking(
+    mosquitto: Broker, registry: Registry, pub: Publisher, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store that refuses everything (disk full, I/O error) is not one bad message: the collector stops
+    and PUBACKs nothing, so the broker keeps every message for the next start."""
+    fleet = unique_fleet()
+    a = add_devices(registry, fleet, ["dev-a"])["dev-a"]
+    store = tmp_path / "store.db"
+    cfg = collector_config(fleet, mosquitto.host, mosquitto.port, store)
+    msgs = [a.birth(), a.result(), a.result()]
+
+    def broken(self: Store, batch: Any) -> Any:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    with monkeypatch.context() as m:
+        m.setattr(Store, "_write", broken)
+        with running(cfg, registry) as c:
+            pub.send(*msgs)
+            deadline = time.monotonic() + 10
+            while c.failed is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert c.failed is not None
+    with running(cfg, registry) as c:  # the store works again: the broker still had all three
+        assert c.wait_idle()
+        deadline = time.monotonic() + 10
+        while c.snapshot().accepted < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert stored(store) == [("dev-a", 1, 0, 0), ("dev-a", 1, 1, 1), ("dev-a", 1, 2, 1)]
