@@ -29,10 +29,12 @@ only against the head itself.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from edge_protocol.envelope import Verdict
+from edge_protocol.spans import Span, Spans
 
 ZERO_ID = bytes(32)
 # Spans of missing seqs one boot may hold (one per out-of-order hole); a device cannot grow it without bound.
@@ -83,54 +85,77 @@ class Head:
     msg_id: bytes
 
 
-Span = tuple[int, int]  # an inclusive range of seqs
+class _Missing:
+    """The missing spans of one boot, each with the time it was noticed, sorted by their first seq.
 
+    A new span always lies above every earlier one (it starts above the highest seq seen) and is
+    noticed no earlier, and a span that loses seqs keeps its time: so the spans are sorted by time
+    too, and the ones due are a prefix. Every operation is a bisection plus the spans it changes.
+    """
 
-def _in_spans(spans: list[Span], seq: int) -> Span | None:
-    for lo, hi in spans:
-        if lo <= seq <= hi:
-            return (lo, hi)
-    return None
+    __slots__ = ("_hi", "_lo", "_since")
 
+    def __init__(self) -> None:
+        self._lo: list[int] = []
+        self._hi: list[int] = []
+        self._since: list[float] = []
 
-def _subtract(spans: list[Span], lo: int, hi: int) -> list[Span]:
-    """``spans`` without the seqs ``lo..hi``."""
-    out: list[Span] = []
-    for a, b in spans:
-        if b < lo or a > hi:
-            out.append((a, b))
-            continue
-        if a < lo:
-            out.append((a, lo - 1))
-        if b > hi:
-            out.append((hi + 1, b))
-    return out
+    def add(self, lo: int, hi: int, now: float) -> None:
+        self._lo.append(lo)
+        self._hi.append(hi)
+        self._since.append(now)
+
+    def remove(self, lo: int, hi: int) -> None:
+        """Seqs ``lo..hi`` are no longer missing (arrived, or covered by a gap record)."""
+        i = bisect.bisect_left(self._hi, lo)  # the first span ending at or above lo
+        j = i
+        pieces: list[tuple[int, int, float]] = []
+        while j < len(self._lo) and self._lo[j] <= hi:
+            a, b, since = self._lo[j], self._hi[j], self._since[j]
+            if a < lo:
+                pieces.append((a, lo - 1, since))
+            if b > hi:
+                pieces.append((hi + 1, b, since))
+            j += 1
+        if j > i:
+            self._lo[i:j] = [p[0] for p in pieces]
+            self._hi[i:j] = [p[1] for p in pieces]
+            self._since[i:j] = [p[2] for p in pieces]
+
+    def due(self, noticed_by: float) -> list[Span]:
+        """Take the spans noticed at or before ``noticed_by``."""
+        n = bisect.bisect_right(self._since, noticed_by)
+        out = list(zip(self._lo[:n], self._hi[:n], strict=True))
+        del self._lo[:n], self._hi[:n], self._since[:n]
+        return out
+
+    def __iter__(self) -> Iterator[Span]:
+        return zip(self._lo, self._hi, strict=True)
+
+    def __len__(self) -> int:
+        return len(self._lo)
 
 
 @dataclass
 class _Boot:
     """One boot of one device. Missing, covered and reported seqs are kept as spans, never one entry
-    per seq, so that a (signed, but hostile) jump of seq by 2^40 costs one span, not memory or time."""
+    per seq, so that a (signed, but hostile) jump of seq by 2^40 costs one span, not memory or time;
+    and every look-up in them is a bisection, so that many holes cost no more than a few per message."""
 
     seen: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # seq -> (msg_id, prev)
     head: int = -1  # contiguous: every seq <= head is seen, covered by a gap record, or reported
     head_id: bytes | None = None
     top: int = -1  # highest seq seen
-    covered: list[Span] = field(default_factory=list)  # seqs the device itself reported dropped
-    reported: list[Span] = field(default_factory=list)  # seqs reported as GAP by the timeout
-    missing: dict[Span, float] = field(default_factory=dict)  # span of missing seqs -> noticed at
+    covered: Spans = field(default_factory=Spans)  # seqs the device itself reported dropped
+    reported: Spans = field(default_factory=Spans)  # seqs reported as GAP by the timeout
+    missing: _Missing = field(default_factory=_Missing)  # spans of missing seqs, with when noticed
     floor: int = -1  # seqs <= floor may be absent from `seen` (restored or pruned): ask recall
     floor_id: bytes | None = None  # msg_id at seq == floor when it came from a restored head
 
     def unmiss(self, lo: int, hi: int) -> None:
         """Seqs ``lo..hi`` are no longer missing (arrived, or covered by a gap record)."""
-        if not self.missing:
-            return
-        kept: dict[Span, float] = {}
-        for (a, b), since in self.missing.items():
-            for span in _subtract([(a, b)], lo, hi):
-                kept[span] = since
-        self.missing = kept
+        if self.missing:
+            self.missing.remove(lo, hi)
 
 
 @dataclass
@@ -233,13 +258,13 @@ class ChainVerifier:
 
         if b is None:
             b = d.boots[link.boot] = _Boot()
-        late = _in_spans(b.reported, link.seq) is not None
+        late = link.seq in b.reported
         b.seen[link.seq] = (link.msg_id, link.prev)
         d.by_id[link.msg_id] = (link.boot, link.seq)
         b.unmiss(link.seq, link.seq)
         if link.seq > b.top:
             if link.seq > b.top + 1 and len(b.missing) < MAX_PENDING_GAPS_PER_DEVICE:
-                b.missing[(b.top + 1, link.seq - 1)] = now
+                b.missing.add(b.top + 1, link.seq - 1, now)
             b.top = link.seq
         if gap is not None:
             self._cover(d, link, gap)
@@ -266,7 +291,7 @@ class ChainVerifier:
         b = d.boots.get(boot)
         if b is None:
             b = d.boots[boot] = _Boot()
-        b.covered.append((lo, hi))
+        b.covered.add(lo, hi)
         b.unmiss(lo, hi)
         self._advance(b)
 
@@ -277,8 +302,8 @@ class ChainVerifier:
         for s in [s for s in b.seen if s < cut]:
             mid = b.seen.pop(s)[0]
             d.by_id.pop(mid, None)
-        b.covered = [(lo, hi) for lo, hi in b.covered if hi >= cut]
-        b.reported = [(lo, hi) for lo, hi in b.reported if hi >= cut]
+        b.covered.drop_below(cut)
+        b.reported.drop_below(cut)
         if cut - 1 > b.floor:
             b.floor, b.floor_id = cut - 1, None
 
@@ -308,10 +333,10 @@ class ChainVerifier:
             if s in b.seen:
                 s += 1
                 continue
-            span = _in_spans(b.covered, s) or _in_spans(b.reported, s)
-            if span is None:
+            end = max(b.covered.end(s), b.reported.end(s))
+            if end < s:
                 break
-            s = span[1] + 1
+            s = end + 1
         if s - 1 != b.head:
             b.head = s - 1
             hit = b.seen.get(b.head)
@@ -323,16 +348,14 @@ class ChainVerifier:
         for dev, d in self._devices.items():
             for boot in sorted(d.boots):
                 b = d.boots[boot]
-                due = sorted(span for span, t0 in b.missing.items() if now - t0 >= self.reorder_timeout_s)
+                if not b.missing:
+                    continue
+                due = b.missing.due(now - self.reorder_timeout_s)
                 if not due:
                     continue
-                for span in due:
-                    del b.missing[span]
-                    remaining = [span]
-                    for lo, hi in b.covered:
-                        remaining = _subtract(remaining, lo, hi)
-                    for lo, hi in remaining:
-                        b.reported.append((lo, hi))
+                for first, last in due:
+                    for lo, hi in b.covered.gaps(first, last):
+                        b.reported.add(lo, hi)
                         reports.append(GapReport(dev, boot, lo, hi))
                 self._advance(b)
         return reports

@@ -35,7 +35,6 @@ tables and their triggers; opening a schema 1 store migrates it (and counts the 
 
 from __future__ import annotations
 
-import bisect
 import json
 import sqlite3
 import threading
@@ -48,6 +47,7 @@ from types import TracebackType
 from typing import Any
 
 from edge_protocol.envelope import Verdict
+from edge_protocol.spans import Spans
 from fleet_cli.errors import FleetError
 
 # 1: the first release; 2: the quarantine bound (quarantine_tally, quarantine_share, their triggers);
@@ -371,46 +371,6 @@ def eviction_plan(shares: Iterable[tuple[str, int]], need: int) -> list[tuple[st
     return [(d, before) for d, before in group if before > 0]  # need exceeds every row: all go
 
 
-def add_span(spans: list[tuple[int, int]], lo: int, hi: int) -> None:
-    """Add ``lo..hi`` to sorted, disjoint, non-adjacent ``spans``, merging what it touches."""
-    i = bisect.bisect_left(spans, (lo, lo))
-    if i > 0 and spans[i - 1][1] >= lo - 1:
-        i -= 1
-    j = i
-    while j < len(spans) and spans[j][0] <= hi + 1:
-        lo, hi = min(lo, spans[j][0]), max(hi, spans[j][1])
-        j += 1
-    spans[i:j] = [(lo, hi)]
-
-
-def span_end(spans: list[tuple[int, int]], seq: int) -> int:
-    """The last seq of the run of ``spans`` (sorted, disjoint, non-adjacent) that holds ``seq``, or
-    ``seq - 1`` when none holds it."""
-    i = bisect.bisect_right(spans, (seq, COUNTER_MAX)) - 1
-    if i >= 0 and spans[i][0] <= seq <= spans[i][1]:
-        return spans[i][1]
-    return seq - 1
-
-
-def uncovered(lo: int, hi: int, taken: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The runs of ``lo..hi`` outside every span of ``taken`` (any order, may overlap)."""
-    out: list[tuple[int, int]] = []
-    cur = lo
-    for a, b in sorted(taken):
-        if b < cur:
-            continue
-        if a > hi:
-            break
-        if a > cur:
-            out.append((cur, a - 1))
-        cur = b + 1
-        if cur > hi:
-            return out
-    if cur <= hi:
-        out.append((cur, hi))
-    return out
-
-
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -475,7 +435,7 @@ class Store:
             )
         except sqlite3.Error as e:
             raise StoreError(f"cannot open the store {self.path}: {e}") from e
-        self._covered: dict[tuple[str, int], list[tuple[int, int]]] = {}
+        self._covered: dict[tuple[str, int], Spans] = {}
 
     def close(self) -> None:
         with self._lock:
@@ -674,15 +634,15 @@ class Store:
         the stored messages and device-covered spans inside the range, never its width."""
         out: list[GapRange] = []
         for g in gaps:
-            taken = [
+            have = Spans(
                 (r[0], r[0])
                 for r in self._db.execute(
                     "SELECT seq FROM messages WHERE dev = ? AND boot = ? AND seq BETWEEN ? AND ?",
                     (g.dev, g.boot, g.first, g.last),
                 )
-            ]
-            taken += self._covered_ranges(g.dev, g.boot)
-            out += [GapRange(g.dev, g.boot, lo, hi) for lo, hi in uncovered(g.first, g.last, taken)]
+            )
+            for lo, hi in self._covered_ranges(g.dev, g.boot).gaps(g.first, g.last):
+                out += [GapRange(g.dev, g.boot, a, b) for a, b in have.gaps(lo, hi)]
         for g in out:
             self._db.execute(
                 "INSERT INTO gaps (dev, boot, first, last, source, why, t_ms) VALUES (?,?,?,?,?,?,?)",
@@ -695,21 +655,21 @@ class Store:
             )
         return out
 
-    def _covered_ranges(self, dev: str, boot: int) -> list[tuple[int, int]]:
-        """The seqs of (dev, boot) the device itself reported dropped: sorted, disjoint spans."""
+    def _covered_ranges(self, dev: str, boot: int) -> Spans:
+        """The seqs of (dev, boot) the device itself reported dropped."""
         key = (dev, boot)
         spans = self._covered.get(key)
         if spans is None:
-            spans = []
-            for r in self._db.execute(
-                "SELECT first, last FROM gaps WHERE dev = ? AND boot = ? AND source = 'device'", (dev, boot)
-            ):
-                add_span(spans, r[0], r[1])
-            self._covered[key] = spans
+            spans = self._covered[key] = Spans(
+                self._db.execute(
+                    "SELECT first, last FROM gaps WHERE dev = ? AND boot = ? AND source = 'device'",
+                    (dev, boot),
+                )
+            )
         return spans
 
     def _cover(self, dev: str, boot: int, lo: int, hi: int) -> None:
-        add_span(self._covered_ranges(dev, boot), lo, hi)
+        self._covered_ranges(dev, boot).add(lo, hi)
 
     def _advance_head(self, dev: str, boot: int, now: int) -> AckHead | None:
         """Move the stored head of (dev, boot) over every stored or device-dropped seq above it."""
@@ -725,14 +685,14 @@ class Store:
         new_head, new_id = head, head_id
         for seq, msg_id in cur:
             if new_head + 1 < seq:  # a hole: over it only if the device dropped those seqs
-                new_head = min(span_end(covered, new_head + 1), seq - 1)
+                new_head = min(covered.end(new_head + 1), seq - 1)
             if seq != new_head + 1:
                 break
             new_head, new_id = seq, msg_id
         cur.close()
         # the tail: seqs above the last stored one that the device says it dropped (spans are merged,
         # so one look-up reaches the end of the run)
-        new_head = span_end(covered, new_head + 1)
+        new_head = covered.end(new_head + 1)
         if new_head < 0:
             return None
         if new_head != head:
