@@ -918,11 +918,8 @@ class Collector:
     def _internal_error(self, topic: str, payload: bytes, t_rx: int, doing: str, e: Exception) -> Rejected:
         """A message whose handling raised: quarantined as MALFORMED with the error, and counted. The
         first one of a run is logged with its traceback, later ones in one line each."""
-        with self._lock:
-            self._c.internal_errors += 1
-            first = self._c.internal_errors == 1
+        self._count_error(f"{doing} (a message on {_sanitize(topic)})", e)
         reason = f"internal error while {doing}: {type(e).__name__}: {e}"[:500]
-        log.error("message on %s: %s", _sanitize(topic), _sanitize(reason, 200), exc_info=first)
         try:
             dev: str | None = parse_topic(topic).dev
         except Exception:
@@ -973,9 +970,13 @@ class Collector:
                         self._count_error(f"republishing {c.dev} boot {c.boot} seq {c.seq}", e)
 
     def _count_error(self, doing: str, e: Exception) -> None:
+        """Count an exception that one message caused (stats, metrics); log the first of a run with its
+        traceback, later ones in a line each."""
         with self._lock:
             self._c.internal_errors += 1
             first = self._c.internal_errors == 1
+        if self._metrics is not None:
+            self._metrics.internal_errors.inc()
         log.error("internal error while %s: %s: %s", doing, type(e).__name__, _sanitize(str(e), 200),
                   exc_info=first)  # fmt: skip
 

@@ -16,7 +16,9 @@ Exposed (all prefixed ``edgeseal_collector_``):
 * ``quarantine_evicted`` — gauge: quarantine rows evicted since the store was created, by the bound or
   by hand (monotonic; each is still counted per verdict in the store, ``fleet status`` shows them);
 * ``quarantine_max_rows`` — gauge: the bound (``fleet collect --quarantine-max``);
-* ``queue_depth`` — gauge: messages received and not yet decided.
+* ``queue_depth`` — gauge: messages received and not yet decided;
+* ``internal_errors_total`` — counter: messages whose handling raised an exception (each was still
+  quarantined or counted; the collector went on). Anything above 0 is a bug worth reporting.
 """
 
 from __future__ import annotations
@@ -68,6 +70,11 @@ class CollectorMetrics:
             p + "quarantine_max_rows", "The quarantine table's bound (rows).", registry=self.registry
         )
         self.queue = Gauge(p + "queue_depth", "Messages received, not yet decided.", registry=self.registry)
+        self.internal_errors = Counter(
+            p + "internal_errors_total",
+            "Messages whose handling raised (each still quarantined or counted).",
+            registry=self.registry,
+        )
         self.quarantine.set(quarantine_kept)
         self.evicted.set(quarantine_evicted)
         self.quarantine_max.set(quarantine_max)

@@ -265,3 +265,36 @@ def test_a_failing_store_stops_the_collector_without_acking(
         while c.snapshot().accepted < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
     assert stored(store) == [("dev-a", 1, 0, 0), ("dev-a", 1, 1, 1), ("dev-a", 1, 2, 1)]
+
+
+def test_a_message_that_breaks_the_verifier_is_quarantined_and_the_collector_goes_on(
+    mosquitto: Broker, registry: Registry, pub: Publisher, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever exception judging one message raises (a bug the fuzzers have not found yet), that
+    message is quarantined with the error as its reason and counted; the next one is judged as usual."""
+    from edge_protocol.chain import ChainVerifier
+
+    fleet = unique_fleet()
+    a = add_devices(registry, fleet, ["dev-a"])["dev-a"]
+    real_observe = ChainVerifier.observe
+
+    def observe(self: ChainVerifier, link: Any, now: float, gap: Any = None) -> Any:
+        if link.seq == 2:
+            raise RecursionError("maximum recursion depth exceeded")
+        return real_observe(self, link, now, gap)
+
+    monkeypatch.setattr(ChainVerifier, "observe", observe)
+    store = tmp_path / "store.db"
+    with running(
+        collector_config(fleet, mosquitto.host, mosquitto.port, store, metrics_port=0), registry
+    ) as c:
+        pub.send(a.birth(), a.result(), a.result(), a.result())
+        assert c.wait_idle()
+        snap = c.snapshot()
+        assert c.failed is None
+    assert stored(store) == [("dev-a", 1, 0, 0), ("dev-a", 1, 1, 1), ("dev-a", 1, 3, 1)]
+    with sqlite3.connect(store) as db:
+        (reason,) = db.execute("SELECT reason FROM quarantine WHERE verdict = 'MALFORMED'").fetchone()
+    assert reason.startswith("internal error while verifying it: RecursionError")
+    assert snap.internal_errors == 1
+    assert snap.received == snap.accepted + snap.duplicates + sum(snap.rejected.values()) + snap.states == 4
