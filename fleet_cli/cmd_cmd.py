@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import queue
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ from edge_protocol.envelope import EnvelopeError, Opened, open_envelope, seal
 from edge_protocol.errors import InvalidId
 from edge_protocol.ids import validate_id
 from edge_protocol.keys import Signer, read_private_key
-from edge_protocol.payload import Key, Kind, to_json
+from edge_protocol.payload import MAX_TEXT_KEY_BYTES, Key, Kind, to_json
 from edge_protocol.topics import Channel, device_topic
 from fleet_cli.errors import FleetError, UsageError
 from fleet_cli.home import FleetHome
@@ -35,6 +37,13 @@ COMMAND_ID_LEN = 16  # DESIGN §2 key 20: bstr16
 DEFAULT_WAIT_S = 10.0
 # More argument pairs than this is a typo, not a command.
 MAX_ARGS = 32
+# docs/protocol.md: every integer in a payload lies in -(2^53-1)..2^53-1 (the I-JSON range).
+ARG_INT_MAX = 2**53 - 1
+# An argument quoted in an error message is cut to this many characters.
+SHOWN_ARG_CHARS = 40
+_INT = re.compile(r"[-+]?[0-9]+")
+_DECIMAL = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+_NON_FINITE = re.compile(r"[-+]?(?:nan|inf|infinity)", re.IGNORECASE)
 
 
 class CommandName(str, enum.Enum):
@@ -49,26 +58,57 @@ class CommandName(str, enum.Enum):
 
 
 def parse_args(pairs: list[str]) -> dict[str, Any]:
-    """``["rate=5", "pipe=vib", "dry=true"]`` -> ``{"rate": 5, "pipe": "vib", "dry": True}``."""
+    """``["rate=5", "pipe=vib", "dry=true"]`` -> ``{"rate": 5, "pipe": "vib", "dry": True}``.
+
+    A value is ``true``/``false``, an integer (ASCII digits) within the protocol's integer range, a
+    finite decimal number, or else text. Anything a payload cannot carry is a UsageError here, before
+    the fleet home is read: NaN and infinities, integers beyond ±(2^53-1), text that is not UTF-8 (a
+    shell passes bytes), keys longer than 63 bytes.
+    """
     if len(pairs) > MAX_ARGS:
         raise UsageError(f"at most {MAX_ARGS} arguments")
     out: dict[str, Any] = {}
     for pair in pairs:
+        shown = _shown(pair)
+        try:
+            pair.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError(f"argument {shown} is not UTF-8 text", hint="check the shell's locale") from None
         k, sep, v = pair.partition("=")
-        if not sep or not k or len(k.encode()) > 63:
-            raise UsageError(f"argument {pair!r} is not KEY=VALUE (key at most 63 bytes)")
-        value: Any = v
-        if v in ("true", "false"):
-            value = v == "true"
-        else:
-            for conv in (int, float):
-                try:
-                    value = conv(v)
-                    break
-                except ValueError:
-                    continue
-        out[k] = value
+        if not sep or not k or len(k.encode("utf-8")) > MAX_TEXT_KEY_BYTES:
+            raise UsageError(f"argument {shown} is not KEY=VALUE (key at most {MAX_TEXT_KEY_BYTES} bytes)")
+        out[k] = _arg_value(k, v)
     return out
+
+
+def _shown(text: str) -> str:
+    """An argument as an error message shows it: escaped (repr), and cut short."""
+    return repr(text if len(text) <= SHOWN_ARG_CHARS else text[:SHOWN_ARG_CHARS] + "…")
+
+
+def _arg_value(key: str, v: str) -> Any:
+    if v in ("true", "false"):
+        return v == "true"
+    if _INT.fullmatch(v):
+        # int() of thousands of digits is slow or refused (sys.int_info): count the digits first
+        n = int(v) if len(v.lstrip("+-").lstrip("0")) <= len(str(ARG_INT_MAX)) else ARG_INT_MAX + 1
+        if not -ARG_INT_MAX <= n <= ARG_INT_MAX:
+            raise UsageError(
+                f"argument {_shown(key)}: {_shown(v)} is outside the protocol's integer range ±(2^53-1)",
+                hint="a larger number goes as a decimal (1e20) or as text",
+            )
+        return n
+    if _NON_FINITE.fullmatch(v):
+        raise UsageError(
+            f"argument {_shown(key)}: NaN and infinities cannot be sent",
+            hint="a payload's numbers are finite",
+        )
+    if _DECIMAL.fullmatch(v):
+        x = float(v)
+        if not math.isfinite(x):
+            raise UsageError(f"argument {_shown(key)}: {_shown(v)} is too large for a 64-bit float")
+        return x
+    return v
 
 
 @dataclass(frozen=True)
@@ -109,7 +149,10 @@ def send_command(
         Key.ID: cmd_id,
         Key.EXP: now_ms + int(wait_s * 1000),
     }
-    sealed = seal(payload, operator, fleet)
+    try:
+        sealed = seal(payload, operator, fleet)
+    except EnvelopeError as e:  # parse_args leaves only the arguments' total size to fail here
+        raise UsageError(f"command {name!r} cannot be sent: {e}", hint="shorten its arguments") from None
     q: queue.Queue[Received] = queue.Queue()
     link = Link(settings, subscriptions=[device_topic(fleet, dev, Channel.REPLY)], on_message=q.put).connect()
     try:

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 from edge_protocol.envelope import EnvelopeError, open_envelope
-from edge_protocol.keys import read_private_key
+from edge_protocol.keys import Signer, read_private_key
 from edge_protocol.payload import Key, Kind
 from edge_protocol.topics import Channel, device_topic
 from fleet_cli.app import main
-from fleet_cli.cmd_cmd import parse_args
+from fleet_cli.cmd_cmd import ARG_INT_MAX, parse_args
 from fleet_cli.errors import UsageError
 from fleet_cli.home import init_fleet
 from fleet_cli.mqtt import Link, MqttSettings, Received
@@ -93,3 +95,105 @@ def test_parse_args() -> None:
         parse_args(["novalue"])
     with pytest.raises(UsageError):
         parse_args([f"k{i}=1" for i in range(33)])
+
+
+def test_parse_args_values() -> None:
+    got = parse_args([f"a={ARG_INT_MAX}", f"b=-{ARG_INT_MAX}", "c=1e20", "d=-.5", "e=0x10", "f= 5", "g=1_0"])
+    assert got == {
+        "a": ARG_INT_MAX,
+        "b": -ARG_INT_MAX,
+        "c": 1e20,
+        "d": -0.5,
+        "e": "0x10",
+        "f": " 5",
+        "g": "1_0",
+    }
+    assert type(got["c"]) is float
+    assert parse_args(["k" * 63 + "=1", "é" * 31 + "=1"]) == {"k" * 63: 1, "é" * 31: 1}  # 63 and 62 bytes
+
+
+@pytest.fixture(scope="module")
+def cmd_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fleet home whose dev-01 has a key bound: a command would be sealed and sent."""
+    home = init_fleet(tmp_path_factory.mktemp("cmd") / "home", "cmdargs")
+    with Registry(home.registry_db) as reg:
+        reg.add_device("dev-01")
+        reg.bind_key("dev-01", Signer.from_seed(b"\x01" * 32).public_key)
+    return home.root
+
+
+def run_fleet_cmd(home: Path, *argv: bytes) -> tuple[int, str]:
+    """``fleet cmd`` as a shell runs it (bytes argv); nothing listens on port 1, so a sent command fails."""
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fleet_cli.app",
+            "cmd",
+            *argv,
+            b"--home",
+            bytes(home),
+            b"--port",
+            b"1",
+            b"--wait",
+            b"1",
+        ],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    return r.returncode, r.stderr.decode("utf-8", "replace")
+
+
+@pytest.mark.parametrize(
+    ("arg", "says"),
+    [
+        ("v=nan", "NaN and infinities cannot be sent"),
+        ("v=-Infinity", "NaN and infinities cannot be sent"),
+        ("v=INF", "NaN and infinities cannot be sent"),
+        ("v=1e400", "is too large for a 64-bit float"),
+        (f"v={ARG_INT_MAX + 1}", "outside the protocol's integer range"),
+        (f"v=-{ARG_INT_MAX + 1}", "outside the protocol's integer range"),
+        ("v=" + "9" * 5000, "outside the protocol's integer range"),
+        ("k" * 64 + "=1", "key at most 63 bytes"),
+        ("é" * 32 + "=1", "key at most 63 bytes"),  # 32 characters, 64 bytes
+        ("k" * 100_000 + "=1", "key at most 63 bytes"),
+    ],
+)
+def test_cmd_refuses_arguments_a_payload_cannot_carry(
+    cmd_home: Path, capsys: pytest.CaptureFixture[str], arg: str, says: str
+) -> None:
+    argv = ["cmd", "dev-01", "ping", arg, "--home", str(cmd_home), "--port", "1", "--wait", "1"]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: argument "), err
+    assert says in err
+    assert len(err) < 300  # the argument is quoted cut short, not echoed whole
+
+
+@pytest.mark.parametrize("arg", [b"v=\xff", b"\xff\xfe=1"])
+def test_cmd_refuses_arguments_that_are_not_utf8(cmd_home: Path, arg: bytes) -> None:
+    code, err = run_fleet_cmd(cmd_home, b"dev-01", b"ping", arg)
+    assert (code, err.startswith("error: argument ")) == (2, True), err
+    assert "is not UTF-8 text" in err
+    assert "Traceback" not in err
+
+
+def test_cmd_refuses_an_oversized_command_and_an_unknown_name(
+    cmd_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def run(*argv: str) -> tuple[int, str]:
+        capsys.readouterr()
+        code = main(["cmd", *argv, "--home", str(cmd_home), "--port", "1", "--wait", "1"])
+        return code, capsys.readouterr().err
+
+    code, err = run("dev-01", "ping", "v=" + "x" * 70_000)
+    assert code == 2
+    assert err.startswith("error: command 'ping' cannot be sent: TOO_LARGE: envelope of 70162 bytes"), err
+    code, err = run("dev-01", "x", "v=nan")
+    assert code == 2
+    assert "Invalid value" in err
+    # a good command gets as far as the broker: the refusals above are the arguments' alone
+    code, err = run("dev-01", "ping", f"v={ARG_INT_MAX}", "w=nanny", "x=1e308")
+    assert (code, err.startswith("error: cannot reach the broker")) == (1, True), err
