@@ -32,6 +32,7 @@ from fleet_cli import (
     watch_cmd,
 )
 from fleet_cli.errors import FleetError
+from fleet_cli.terminal import escape
 
 app = typer.Typer(
     name="fleet",
@@ -70,9 +71,14 @@ def _root(
 
 
 def _fail(message: str, hint: str | None, code: int) -> int:
-    typer.echo(f"error: {message}", err=True)
+    # A message may quote what a device or an input file said: control characters are escaped line
+    # by line (terminal.py); backslashes are left alone, as messages quote values with repr().
+    def shown(text: str) -> str:
+        return "\n".join(escape(line, backslash=False) for line in text.split("\n"))
+
+    typer.echo(f"error: {shown(message)}", err=True)
     if hint:
-        typer.echo(f"hint: {hint}", err=True)
+        typer.echo(f"hint: {shown(hint)}", err=True)
     return code
 
 
