@@ -15,6 +15,7 @@ import typer
 
 from fleet_cli.demo import Demo, DemoOptions
 from fleet_cli.demo_collector import CollectorView
+from fleet_cli.terminal import MAX_CELL_CHARS, escape, safe_text
 
 # The attack is injected once the fleet is warm, a third of the way in (at least 4 s after start).
 ATTACK_AT_FRACTION = 1 / 3
@@ -120,14 +121,17 @@ def _render(snap: DemoSnapshot, events: list[str], duration_s: float) -> Any:
     for col in ("device", "agent", "accepted", "last label", "labels", "gaps", "scenario"):
         table.add_column(col, no_wrap=col in ("device", "agent", "accepted", "gaps"))
     for r in snap.devices:
+        # Labels are the devices' text (from the collector's store): escaped Text, never markup.
         colour = {"normal": "green", "imbalance": "yellow", "bearing": "red"}.get(r.last_label, "white")
-        labels = "  ".join(f"{k} {v}" for k, v in sorted(r.labels.items(), key=lambda kv: -kv[1]))
+        labels = "  ".join(
+            f"{escape(k, MAX_CELL_CHARS)} {v}" for k, v in sorted(r.labels.items(), key=lambda kv: -kv[1])
+        )
         table.add_row(
             r.name,
             "[green]running[/]" if r.agent_running else "[red]stopped[/]",
             str(r.accepted),
-            f"[{colour}]{r.last_label or '-'}[/]",
-            labels,
+            safe_text(r.last_label or "-", style=colour),
+            Text(labels),
             str(r.gaps),
             r.note,
         )
@@ -135,7 +139,7 @@ def _render(snap: DemoSnapshot, events: list[str], duration_s: float) -> Any:
     verdicts.add_row("[green]ACCEPTED[/]", str(snap.totals.accepted))
     verdicts.add_row("DUPLICATE (replays, redeliveries)", str(snap.totals.duplicates))
     for v, n in sorted(snap.totals.rejected.items()):
-        verdicts.add_row(f"[red]{v}[/]", str(n))
+        verdicts.add_row(safe_text(v, style="red"), str(n))
     verdicts.add_row("gaps reported", str(snap.totals.gaps))
     attacks = Table.grid(padding=(0, 2))
     if not snap.attacks:
@@ -146,7 +150,7 @@ def _render(snap: DemoSnapshot, events: list[str], duration_s: float) -> Any:
             if a["caught"]
             else ("[yellow]pending[/]" if a["observed"] is None else "[red]!![/]")
         )
-        attacks.add_row(f"t={a['at_s']:.0f}s", a["what"], f"→ {a['observed'] or '…'}", mark)
+        attacks.add_row(f"t={a['at_s']:.0f}s", a["what"], safe_text(f"→ {a['observed'] or '…'}"), mark)
     log = Text("\n".join(events[-4:]), style="dim")
     return Group(
         head,
@@ -263,16 +267,23 @@ def demo(
 
 def _print_summary(result: dict[str, Any]) -> None:
     from rich.console import Console
+    from rich.text import Text
 
     c = Console()
     rej = ", ".join(f"{k} {v}" for k, v in sorted(result["rejected"].items())) or "none"
     c.print(
-        f"\n[bold]summary[/]  {result['accepted']} results accepted in {result['duration_s']} s "
-        f"({result['results_per_s']}/s), rejected: {rej}, duplicates {result['duplicates']}, "
-        f"gaps {result['gaps']}, latency p50 {result['latency_ms']['p50']} ms"
-        f" p95 {result['latency_ms']['p95']} ms"
+        Text.assemble(
+            "\n",
+            ("summary", "bold"),
+            escape(
+                f"  {result['accepted']} results accepted in {result['duration_s']} s "
+                f"({result['results_per_s']}/s), rejected: {rej}, duplicates {result['duplicates']}, "
+                f"gaps {result['gaps']}, latency p50 {result['latency_ms']['p50']} ms"
+                f" p95 {result['latency_ms']['p95']} ms"
+            ),
+        )
     )
     for a in result["attacks"]:
-        status = "[green]caught[/]" if a["caught"] else "[red]NOT caught[/]"
-        c.print(f"  attack: {a['what']} → {a['observed']} {status}")
+        status = ("caught", "green") if a["caught"] else ("NOT caught", "red")
+        c.print(Text.assemble(escape(f"  attack: {a['what']} → {a['observed']} "), status))
     sys.stdout.flush()

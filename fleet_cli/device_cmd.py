@@ -14,6 +14,7 @@ import typer
 from fleet_cli.home import FleetHome
 from fleet_cli.init_cmd import HomeOption
 from fleet_cli.registry import DeviceRecord, Registry, parse_tags
+from fleet_cli.terminal import escape
 
 app = typer.Typer(
     help="Register devices, show them, hand out their credentials, revoke them.", no_args_is_help=True
@@ -29,10 +30,16 @@ def _registry(home: FleetHome) -> Registry:
     return Registry(home.registry_db)
 
 
+def _tags(d: DeviceRecord, sep: str) -> str:
+    """The tags, escaped (terminal.py): `device add` checks them, but the registry file may not have
+    been written by it."""
+    return escape(sep.join(f"{k}={v}" for k, v in d.tags.items()))
+
+
 def _describe(d: DeviceRecord) -> list[str]:
-    tags = ", ".join(f"{k}={v}" for k, v in d.tags.items()) or "-"
+    tags = _tags(d, ", ") or "-"
     return [
-        f"device      {d.name}",
+        f"device      {escape(d.name)}",
         f"status      {d.status}",
         f"tags        {tags}",
         f"public key  {d.public_key.hex() if d.public_key else '-'}",
@@ -70,11 +77,11 @@ def list_(*, as_json: JsonOption = False, home: HomeOption = None) -> None:
     if not devices:
         typer.echo("no devices; add one with `fleet device add NAME`")
         return
-    width = max(len(d.name) for d in devices)
+    width = max(len(escape(d.name)) for d in devices)
     for d in devices:
-        tags = ",".join(f"{k}={v}" for k, v in d.tags.items())
         key = d.public_key.hex()[:16] if d.public_key else "-"
-        typer.echo(f"{d.name:<{width}}  {d.status:<20}  key {key:<16}  {tags}".rstrip())
+        line = f"{escape(d.name):<{width}}  {d.status:<20}  key {key:<16}  {_tags(d, ',')}"
+        typer.echo(line.rstrip())
 
 
 @app.command("show")

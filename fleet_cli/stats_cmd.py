@@ -18,6 +18,7 @@ from fleet_cli.errors import UsageError
 from fleet_cli.home import FleetHome
 from fleet_cli.init_cmd import HomeOption
 from fleet_cli.store import Store, default_store_path
+from fleet_cli.terminal import MAX_CELL_CHARS, escape, safe_text
 
 # More windows than this in one report is a typo in --window (1s over a week = 604,800 rows).
 MAX_WINDOWS = 10_000
@@ -96,9 +97,12 @@ def stats(
         report = compute_stats(st, since_ms, now_ms, window_s, by)
     report["fleet"] = fleet_home.fleet
     if as_json:
+        # json.dumps escapes every control and non-ASCII character: exact and safe (see terminal.py).
         typer.echo(json.dumps(report))
         return
     if as_csv:
+        # A key can be a label (--by label): escaped like any device text on a terminal; the label
+        # counts are JSON, already escaped. --json is the exact form.
         w = csv.writer(sys.stdout)
         w.writerow(
             [
@@ -116,7 +120,7 @@ def stats(
         for g in report["groups"]:
             s = g["score"]
             w.writerow(
-                [g["key"], _iso(g["window_start_ms"]), g["count"], json.dumps(g["labels"]),
+                [escape(g["key"]), _iso(g["window_start_ms"]), g["count"], json.dumps(g["labels"]),
                  s["mean"], s["min"], s["max"], s["p50"], s["p95"]]
             )  # fmt: skip
         return
@@ -124,14 +128,19 @@ def stats(
 
 
 def _print(report: dict[str, Any]) -> None:
+    """The rich tables: keys, labels and device names (device data) go in as escaped Text, not markup."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     console = Console()
     series = [s["count"] for s in report["series"]]
     console.print(
-        f"fleet {report['fleet']}: {sum(series)} results since {_iso(report['since_ms'])},"
-        f" window {report['window_s']:g}s, by {report['by']}"
+        safe_text(
+            f"fleet {report['fleet']}: {sum(series)} results since {_iso(report['since_ms'])},"
+            f" window {report['window_s']:g}s, by {report['by']}",
+            limit=None,
+        )
     )
     console.print(f"results over time  {sparkline(series[-120:])}  (max {max(series, default=0)}/window)")
     table = Table()
@@ -143,11 +152,13 @@ def _print(report: dict[str, Any]) -> None:
     windows = [s["window_start_ms"] for s in report["series"]][-40:]
     for t in report["totals"]:
         s = t["score"]
-        shares = ", ".join(f"{k} {v:.0%}" for k, v in list(t["label_shares"].items())[:3])
+        shares = ", ".join(
+            f"{escape(k, MAX_CELL_CHARS)} {v:.0%}" for k, v in list(t["label_shares"].items())[:3]
+        )
         line = sparkline([per_key.get(t["key"], {}).get(w, 0) for w in windows])
-        key = t["key"][:16] if report["by"] == "model" else t["key"]
-        table.add_row(key, str(t["count"]), shares or "-", _fmt(s["mean"]), _fmt(s["min"]), _fmt(s["max"]),
-                      _fmt(s["p50"]), _fmt(s["p95"]), line)  # fmt: skip
+        key = safe_text(t["key"][:16] if report["by"] == "model" else t["key"])
+        table.add_row(key, str(t["count"]), Text(shares or "-"), _fmt(s["mean"]), _fmt(s["min"]),
+                      _fmt(s["max"]), _fmt(s["p50"]), _fmt(s["p95"]), line)  # fmt: skip
     console.print(table)
     cons = report["consensus"][-10:]
     if cons:
@@ -156,12 +167,21 @@ def _print(report: dict[str, Any]) -> None:
             ct.add_column(col)
         for c in cons:
             ct.add_row(
-                _iso(c["window_start_ms"]), str(c["devices"]), c["label"], f"{c['agree']}/{c['devices']}"
+                _iso(c["window_start_ms"]),
+                str(c["devices"]),
+                safe_text(c["label"]),
+                f"{c['agree']}/{c['devices']}",
             )
         console.print(ct)
     ft = Table(title="freshness")
     for col in ("device", "online", "last seen", "gaps", "drops"):
         ft.add_column(col)
     for f in report["freshness"]:
-        ft.add_row(f["dev"], f["online"], f"{f['age_s']:.0f}s ago", str(f["gaps"]), str(f["drops"]))
+        ft.add_row(
+            safe_text(f["dev"]),
+            safe_text(f["online"]),
+            f"{f['age_s']:.0f}s ago",
+            str(f["gaps"]),
+            str(f["drops"]),
+        )
     console.print(ft)

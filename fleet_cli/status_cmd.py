@@ -22,6 +22,7 @@ from fleet_cli.home import FleetHome
 from fleet_cli.init_cmd import HomeOption
 from fleet_cli.registry import Registry
 from fleet_cli.store import QuarantineCount, Store, default_store_path
+from fleet_cli.terminal import MAX_CELL_CHARS, escape, safe_text
 
 
 def device_status(store: Store, registry: Registry | None) -> list[dict[str, Any]]:
@@ -85,11 +86,12 @@ def _ago(ms: int | None, now_ms: int) -> str:
 
 
 def _metrics_text(m: dict[str, Any] | None) -> str:
-    if not m:
+    """The first five metrics, each escaped and cut on its own (keys and values are the device's)."""
+    if not m or not isinstance(m, dict):
         return "-"
     parts = []
     for k, v in list(m.items())[:5]:
-        parts.append(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}")
+        parts.append(escape(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}", MAX_CELL_CHARS))
     return " ".join(parts)
 
 
@@ -106,14 +108,21 @@ def status(
         rows = device_status(st, reg)
         quarantine = quarantine_status(st)
     if as_json or not sys.stdout.isatty():
+        # json.dumps escapes every control and non-ASCII character: exact and safe (see terminal.py).
         doc = {"fleet": fleet_home.fleet, "devices": rows, "quarantine": quarantine}
         typer.echo(json.dumps(doc, indent=None if as_json else 2))
         return
+    _print(fleet_home.fleet, rows, quarantine)
+
+
+def _print(fleet: str, rows: list[dict[str, Any]], quarantine: dict[str, Any]) -> None:
+    """The rich table: every value from the store (device data) goes in as escaped Text, not markup."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     now = time.time_ns() // 1_000_000
-    table = Table(title=f"fleet {fleet_home.fleet}")
+    table = Table(title=safe_text(f"fleet {fleet}"))
     for col in ("device", "online", "last seen", "boot", "seq", "acc", "rej", "dup", "gaps", "drops"):
         table.add_column(
             col, justify="right" if col in ("boot", "seq", "acc", "rej", "dup", "gaps", "drops") else "left"
@@ -124,29 +133,32 @@ def status(
     colour = {"online": "green", "offline": "red", "unknown": "yellow"}
     for r in rows:
         table.add_row(
-            r["dev"],
-            f"[{colour[r['online']]}]{r['online']}[/]",
+            safe_text(r["dev"]),
+            safe_text(r["online"], style=colour.get(r["online"], "")),
             _ago(r["last_seen_ms"], now),
-            str(r["boot"]) if r["boot"] is not None else "-",
-            str(r["last_seq"]) if r["last_seq"] is not None else "-",
-            str(r["accepted"]),
-            str(r["rejected"]),
-            str(r["duplicates"]),
-            str(r["gaps"]),
-            str(r["drops"]),
-            ", ".join(m[:12] for m in r["models"][:2]) or "-",
-            str(r["agent_version"] or "-"),
-            _metrics_text(r["metrics"]),
+            *(
+                safe_text("-" if r[k] is None else r[k])
+                for k in ("boot", "last_seq", "accepted", "rejected", "duplicates", "gaps", "drops")
+            ),
+            safe_text(", ".join(str(m)[:12] for m in r["models"][:2]) or "-"),
+            safe_text(r["agent_version"] or "-"),
+            Text(_metrics_text(r["metrics"])),
         )
     console = Console()
     console.print(table)
     if quarantine["by_verdict"]:
         kept, evicted = quarantine["kept"], quarantine["evicted"]
-        console.print(
+        line = Text(
             f"quarantine: {kept + evicted} rejected messages, {kept} kept with their bytes,"
             f" {evicted} evicted by the bound (counted only): "
-            + ", ".join(
-                f"{v} {c['kept'] + c['evicted']}" + (f" ({c['evicted']} evicted)" if c["evicted"] else "")
-                for v, c in quarantine["by_verdict"].items()
+        )
+        line.append_text(
+            safe_text(
+                ", ".join(
+                    f"{v} {c['kept'] + c['evicted']}" + (f" ({c['evicted']} evicted)" if c["evicted"] else "")
+                    for v, c in quarantine["by_verdict"].items()
+                ),
+                limit=None,
             )
         )
+        console.print(line)

@@ -21,23 +21,33 @@ from fleet_cli.home import FleetHome
 from fleet_cli.init_cmd import HomeOption
 from fleet_cli.mqtt import Link, MqttSettings, Protocol, Received, settings_from_home
 from fleet_cli.registry import Registry
+from fleet_cli.terminal import MAX_CELL_CHARS, escape
 
 
 def verified_filter(fleet: str, dev: str | None = None, pipe: str | None = None) -> str:
     return f"{fleet_prefix(fleet)}/{FLEET_SEGMENT}/verified/{dev or '+'}/{pipe or '+'}"
 
 
+def _clock(t: object) -> str:
+    """``HH:MM:SS.mmm`` (UTC) of a time in ms; a placeholder when the value is not a usable time."""
+    if isinstance(t, int | float) and not isinstance(t, bool):
+        with contextlib.suppress(OverflowError, OSError, ValueError):
+            return dt.datetime.fromtimestamp(t / 1000, dt.timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+    return "--:--:--.---"
+
+
 def format_result(doc: dict[str, Any]) -> str:
-    t = doc.get("t_received") or doc.get("t") or 0
-    when = dt.datetime.fromtimestamp(t / 1000, dt.timezone.utc).strftime("%H:%M:%S.%f")[:-3]
-    out = doc.get("out") or {}
-    label = out.get("label", "-") if isinstance(out, dict) else "-"
-    score = out.get("score") if isinstance(out, dict) else None
-    score_s = f"{score:.3f}" if isinstance(score, (int, float)) else "-"
-    return (
-        f"{when}  {doc.get('dev')}/{doc.get('pipe')}  boot {doc.get('boot')} seq {doc.get('seq')}"
-        f"  {label} {score_s}  msg {str(doc.get('msg_id', ''))[:12]}  model {str(doc.get('model', ''))[:12]}"
-    )
+    """One line per result. Every value is the device's (through the collector): each is escaped and
+    cut (terminal.py), so no control character or escape sequence reaches the terminal."""
+    when = _clock(doc.get("t_received") or doc.get("t") or 0)
+    dev, pipe, boot, seq = (escape(doc.get(k), MAX_CELL_CHARS) for k in ("dev", "pipe", "boot", "seq"))
+    msg_id, model = (escape(str(doc.get(k, ""))[:12]) for k in ("msg_id", "model"))
+    out = doc.get("out")
+    out = out if isinstance(out, dict) else {}
+    label = escape(out.get("label", "-"), MAX_CELL_CHARS)
+    score = out.get("score")
+    score_s = f"{score:.3f}" if isinstance(score, int | float) else "-"
+    return f"{when}  {dev}/{pipe}  boot {boot} seq {seq}  {label} {score_s}  msg {msg_id}  model {model}"
 
 
 def _default_viewer(home: FleetHome) -> str:
@@ -119,6 +129,7 @@ def watch(
     )
 
     def emit(doc: dict[str, Any]) -> None:
+        # json.dumps escapes every control and non-ASCII character: exact and safe (see terminal.py).
         typer.echo(json.dumps(doc) if as_json else format_result(doc))
 
     with contextlib.suppress(KeyboardInterrupt):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from fleet_cli.registry import (
     Registry,
 )
 from tests.broker_config._helpers import reachable
+from tests.fleet_cli._hostile import BIDI, CLEAR, NUL, TITLE, assert_terminal_safe
 
 
 @pytest.fixture
@@ -162,3 +164,24 @@ def test_concurrent_writers(home: FleetHome) -> None:
         devices = reg.list_devices()
     assert len(devices) == 60
     assert sum(d.status == "enrolled" for d in devices) == 30
+
+
+def test_list_and_show_escape_what_the_registry_holds(
+    home: FleetHome, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`device add` refuses control characters in tags; a registry written by something else is
+    still shown escaped, and --json exact."""
+    h = ["--home", str(home.root)]
+    assert _run(capsys, "device", "add", "dev-01", *h)[0] == 0
+    hostile = {"site": TITLE + CLEAR + BIDI + NUL}
+    with sqlite3.connect(home.registry_db) as db:
+        db.execute("UPDATE devices SET tags = ? WHERE name = 'dev-01'", (json.dumps(hostile),))
+    db.close()
+    for cmd in (["device", "list"], ["device", "show", "dev-01"]):
+        code, out, _ = _run(capsys, *cmd, *h)
+        assert code == 0
+        assert_terminal_safe(out, {"site=\\x1b]0;pwned\\x07\\x1b[2J\\u202eevil\\u202c\\u2066x\\u2069n\\x00l"})
+        code, out, _ = _run(capsys, *cmd, "--json", *h)
+        assert_terminal_safe(out)
+        doc = json.loads(out)
+        assert (doc[0] if isinstance(doc, list) else doc)["tags"] == hostile

@@ -10,6 +10,7 @@ import pytest
 from fleet_cli.app import main
 from tests.conftest import Broker
 from tests.fleet_cli._collect_sim import populated_home
+from tests.fleet_cli._hostile import LABELS, SHOWN, as_terminal, assert_terminal_safe, hostile_home
 
 pytestmark = pytest.mark.integration
 
@@ -56,3 +57,23 @@ def test_stats_json_csv_and_plot(
     assert any(ch in text for ch in "▁▂▃▄▅▆▇█")
     assert main(["stats", "--home", home, "--window", "soon"]) == 2
     assert main(["stats", "--home", home, "--window", "1s", "--since", "30d"]) == 2
+
+
+def test_stats_shows_device_text_escaped_and_json_exact(
+    mosquitto: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = hostile_home(tmp_path, mosquitto.host, mosquitto.port)
+    home = str(p.home.root)
+    capsys.readouterr()
+    assert main(["stats", "--home", home, "--json", "--by", "label"]) == 0
+    raw = capsys.readouterr().out
+    assert_terminal_safe(raw)  # json.dumps escapes: exact, yet no raw control character
+    assert {t["key"] for t in json.loads(raw)["totals"]} == set(LABELS)
+    assert main(["stats", "--home", home, "--csv", "--by", "label"]) == 0
+    assert_terminal_safe(capsys.readouterr().out, SHOWN - {"[/]\\x1b]0;pwned\\x07"})
+    as_terminal(monkeypatch)
+    for by in ("label", "device"):  # label keys; label shares, consensus and freshness
+        assert main(["stats", "--home", home, "--by", by]) == 0  # no MarkupError
+        out = capsys.readouterr().out
+        assert "dev-01" in out
+        assert_terminal_safe(out, SHOWN - {"[/]\\x1b]0;pwned\\x07"} if by == "label" else set())

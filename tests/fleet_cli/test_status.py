@@ -10,6 +10,7 @@ import pytest
 from fleet_cli.app import main
 from tests.conftest import Broker
 from tests.fleet_cli._collect_sim import populated_home
+from tests.fleet_cli._hostile import AGENT, METRIC, as_terminal, assert_terminal_safe, hostile_home
 
 pytestmark = pytest.mark.integration
 
@@ -47,3 +48,21 @@ def test_status_without_store_is_a_one_line_error(tmp_path: Path, capsys: pytest
     err = capsys.readouterr().err
     assert err.startswith("error: no store at")
     assert "Traceback" not in err
+
+
+def test_status_shows_device_text_escaped_and_json_exact(
+    mosquitto: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = hostile_home(tmp_path, mosquitto.host, mosquitto.port)
+    capsys.readouterr()
+    assert main(["status", "--home", str(p.home.root), "--json"]) == 0
+    raw = capsys.readouterr().out
+    assert_terminal_safe(raw)  # json.dumps escapes: exact, yet no raw control character
+    (d,) = json.loads(raw)["devices"]
+    assert d["agent_version"] == AGENT
+    assert set(d["metrics"]) == {METRIC}
+    as_terminal(monkeypatch)
+    assert main(["status", "--home", str(p.home.root)]) == 0  # the rich table: no MarkupError
+    out = capsys.readouterr().out
+    assert "dev-01" in out
+    assert_terminal_safe(out, {"[/]\\x1b]0;pwned\\x07", "\\x1b]0;pwned\\x07cpu=0.5"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from fleet_cli.store import default_store_path
 from fleet_cli.watch_cmd import format_result
 from tests.conftest import Broker
 from tests.fleet_cli._collect_sim import Publisher, add_devices, collector_config, running, unique_fleet
+from tests.fleet_cli._hostile import BIDI, CLEAR, LABELS, NUL, RED, SHOWN, TITLE, assert_terminal_safe
 
 
 @pytest.mark.integration
@@ -47,8 +49,6 @@ def test_watch_prints_verified_results(
             rc: list[int] = []
             t = threading.Thread(target=lambda: rc.append(main(argv)))
             t.start()
-            import time
-
             time.sleep(0.5)  # let the watcher subscribe
             pub.send(
                 *(devs["dev-01"].result() for _ in range(3)), *(devs["dev-02"].result() for _ in range(3))
@@ -77,3 +77,50 @@ def test_watch_defaults_to_the_viewer_fleet_init_created(tmp_path: Path) -> None
         reg.revoke_user("dash")
     with pytest.raises(FleetError, match="no viewer user"):
         _default_viewer(home)
+
+
+def test_format_result_escapes_device_text_and_survives_any_value() -> None:
+    label = CLEAR + TITLE + RED + BIDI + NUL
+    doc = {"t_received": 1_760_000_000_000, "dev": "dev-01", "pipe": "vib", "boot": 1, "seq": 2}
+    doc |= {"msg_id": TITLE + "ab", "model": "11" * 32, "out": {"label": label, "score": 0.5}}
+    line = format_result(doc)
+    assert_terminal_safe(line, {"\\x1b[2J\\x1b]0;pwned\\x07\\x1b[31m\\u202eevil", "msg \\x1b]0;pwned\\x07ab"})
+    assert line.startswith("08:53:20.000  dev-01/vib  boot 1 seq 2")
+    assert len(format_result({**doc, "out": {"label": "x" * 100_000}})) < 300, "a label is cut"
+    for t in ("soon", 10**30, -(10**30), float("nan"), True, None):  # not a usable time: no exception
+        assert_terminal_safe(format_result({**doc, "t_received": t}))
+    assert_terminal_safe(format_result({"dev": ["\x1b"], "boot": {"\x1b": 1}, "out": ["x"]}))
+
+
+@pytest.mark.integration
+def test_watch_prints_device_text_escaped_and_json_exact(
+    mosquitto: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fleet_cli.home import init_fleet
+
+    fleet = unique_fleet("w")
+    home = init_fleet(tmp_path / "home", fleet)
+    argv = ["watch", "--home", str(home.root), "--host", mosquitto.host, "--port", str(mosquitto.port)]
+    argv += ["--user", "viewer", "--password", "x", "--count", str(len(LABELS)), "--timeout", "10"]
+    with Registry(home.registry_db) as reg:
+        dev = add_devices(reg, fleet, ["dev-01"])["dev-01"]
+        cfg = collector_config(fleet, mosquitto.host, mosquitto.port, default_store_path(home.root))
+        pub = Publisher(mosquitto.host, mosquitto.port)
+        with running(cfg, reg) as c:
+            pub.send(dev.birth())
+            assert c.wait_idle()
+            outputs = []
+            for extra in ([], ["--json"]):
+                rc: list[int] = []
+                t = threading.Thread(target=lambda a=argv + extra, r=rc: r.append(main(a)))
+                t.start()
+                time.sleep(0.5)  # let the watcher subscribe
+                pub.send(*(dev.result(label=label) for label in LABELS))
+                t.join(15)
+                assert rc == [0]
+                outputs.append(capsys.readouterr().out)
+        pub.close()
+    plain, as_json = outputs
+    assert_terminal_safe(plain, SHOWN - {"[/]\\x1b]0;pwned\\x07"})
+    assert_terminal_safe(as_json)  # json.dumps escapes: exact, yet no raw control character
+    assert [json.loads(x)["out"]["label"] for x in as_json.splitlines()] == list(LABELS)
