@@ -6,7 +6,8 @@ A JSON Lines record is what ``fleet inspect`` reads back (fields ``cose`` and ``
      "msg_id": "…hex…", "t_device": …, "t_received": …, "cose": "…base64…"}
 
 A third party verifies each record offline with the device's public key (``fleet device show``) and
-the fleet id: ``fleet inspect --public-key HEX record.json`` or any COSE_Sign1 / Ed25519 library.
+the fleet id it knows (not the record's own field): ``fleet inspect --fleet ID --public-key HEX
+record.json`` or any COSE_Sign1 / Ed25519 library.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from fleet_cli.errors import FleetError, UsageError
 from fleet_cli.home import FleetHome
 from fleet_cli.init_cmd import HomeOption
 from fleet_cli.store import Store, default_store_path
+from fleet_cli.terminal import escape
 
 FIELDS = ("fleet", "dev", "boot", "seq", "kind", "pipe", "msg_id", "t_device", "t_received", "cose")
 
@@ -80,7 +82,11 @@ def write_records(rows: Iterator[dict[str, Any]], fmt: Format, out: IO[str]) -> 
         w = csv.DictWriter(out, fieldnames=FIELDS)
         w.writeheader()
         for r in rows:
-            w.writerow(r)
+            # dev and pipe are ids (docs/protocol.md §5), which escaping leaves as they are; anything
+            # else a store might hold there is escaped (terminal.py). JSON Lines is escaped by json.dumps.
+            w.writerow(
+                {**r, "dev": escape(r["dev"]), "pipe": None if r["pipe"] is None else escape(r["pipe"])}
+            )
             n += 1
     else:
         for r in rows:

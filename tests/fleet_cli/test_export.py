@@ -33,12 +33,12 @@ def test_export_jsonl_inspect_round_trip_and_csv(
         key = p.devices[r["dev"]].signer.public_key
         opened = open_envelope(base64.b64decode(r["cose"]), r["fleet"], key)
         assert (opened.boot, opened.seq, opened.msg_id.hex()) == (r["boot"], r["seq"], r["msg_id"])
-    # fleet inspect reads an exported line and verifies it
+    # fleet inspect reads an exported line and verifies it against the fleet of the home
     line = tmp_path / "one.json"
     line.write_text(lines[3] + "\n")
     key_hex = p.devices[recs[3]["dev"]].signer.public_key.hex()
     capsys.readouterr()
-    assert main(["inspect", str(line), "--public-key", key_hex, "--json"]) == 0
+    assert main(["inspect", str(line), "--home", home, "--public-key", key_hex, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["verdict"] == "ACCEPTED"
     # filters and CSV
     capsys.readouterr()
