@@ -31,6 +31,14 @@ OUTBOX_FILE = "outbox.sqlite"
 MAX_BOOT = 2**63 - 1
 # A boot file is one decimal number; more than 32 bytes is not ours.
 MAX_BOOT_FILE_BYTES = 32
+# What an operator does when this state cannot go on: a device name never takes a second key and a
+# revoked name is not added again (docs/fleet-home.md), so the device comes back under a new name with
+# a new key (docs/agent.md "State directory").
+REENROL_HINT = (
+    "re-enrol the device under a new name: `fleet device revoke OLD`, `fleet device add NEW`, "
+    "`fleet broker reload`, then install `fleet flash NEW` over an emptied state directory "
+    "(`install.sh --uninstall --purge` empties it)"
+)
 
 
 def ensure_state_dir(state_dir: Path) -> Path:
@@ -75,7 +83,7 @@ def read_boot(state_dir: Path) -> int:
     if len(raw) > MAX_BOOT_FILE_BYTES or not text.isdigit() or int(text) > MAX_BOOT:
         raise IdentityError(
             f"boot counter {path} is damaged",
-            hint="the chain cannot go on safely; re-enrol the device (fleet device add --re-enrol)",
+            hint=f"the chain cannot go on safely; {REENROL_HINT}",
         )
     return int(text)
 
