@@ -24,7 +24,7 @@ from edge_protocol.envelope import EnvelopeError, Opened, open_envelope, seal
 from edge_protocol.errors import InvalidId
 from edge_protocol.ids import validate_id
 from edge_protocol.keys import Signer, read_private_key
-from edge_protocol.payload import MAX_TEXT_KEY_BYTES, Key, Kind, to_json
+from edge_protocol.payload import INT_MAX, MAX_TEXT_KEY_BYTES, Key, Kind, to_json
 from edge_protocol.topics import Channel, device_topic
 from fleet_cli.errors import FleetError, UsageError
 from fleet_cli.home import FleetHome
@@ -37,8 +37,6 @@ COMMAND_ID_LEN = 16  # DESIGN §2 key 20: bstr16
 DEFAULT_WAIT_S = 10.0
 # More argument pairs than this is a typo, not a command.
 MAX_ARGS = 32
-# docs/protocol.md: every integer in a payload lies in -(2^53-1)..2^53-1 (the I-JSON range).
-ARG_INT_MAX = 2**53 - 1
 # An argument quoted in an error message is cut to this many characters.
 SHOWN_ARG_CHARS = 40
 _INT = re.compile(r"[-+]?[0-9]+")
@@ -90,9 +88,10 @@ def _arg_value(key: str, v: str) -> Any:
     if v in ("true", "false"):
         return v == "true"
     if _INT.fullmatch(v):
-        # int() of thousands of digits is slow or refused (sys.int_info): count the digits first
-        n = int(v) if len(v.lstrip("+-").lstrip("0")) <= len(str(ARG_INT_MAX)) else ARG_INT_MAX + 1
-        if not -ARG_INT_MAX <= n <= ARG_INT_MAX:
+        # docs/protocol.md §3 "Integers"; int() of thousands of digits is slow or refused
+        # (sys.int_info), so the digits are counted first
+        n = int(v) if len(v.lstrip("+-").lstrip("0")) <= len(str(INT_MAX)) else INT_MAX + 1
+        if not -INT_MAX <= n <= INT_MAX:
             raise UsageError(
                 f"argument {_shown(key)}: {_shown(v)} is outside the protocol's integer range ±(2^53-1)",
                 hint="a larger number goes as a decimal (1e20) or as text",

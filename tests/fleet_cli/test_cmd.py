@@ -12,10 +12,10 @@ import pytest
 
 from edge_protocol.envelope import EnvelopeError, open_envelope
 from edge_protocol.keys import Signer, read_private_key
-from edge_protocol.payload import Key, Kind
+from edge_protocol.payload import INT_MAX, Key, Kind
 from edge_protocol.topics import Channel, device_topic
 from fleet_cli.app import main
-from fleet_cli.cmd_cmd import ARG_INT_MAX, parse_args
+from fleet_cli.cmd_cmd import parse_args
 from fleet_cli.errors import UsageError
 from fleet_cli.home import init_fleet
 from fleet_cli.mqtt import Link, MqttSettings, Received
@@ -98,10 +98,10 @@ def test_parse_args() -> None:
 
 
 def test_parse_args_values() -> None:
-    got = parse_args([f"a={ARG_INT_MAX}", f"b=-{ARG_INT_MAX}", "c=1e20", "d=-.5", "e=0x10", "f= 5", "g=1_0"])
+    got = parse_args([f"a={INT_MAX}", f"b=-{INT_MAX}", "c=1e20", "d=-.5", "e=0x10", "f= 5", "g=1_0"])
     assert got == {
-        "a": ARG_INT_MAX,
-        "b": -ARG_INT_MAX,
+        "a": INT_MAX,
+        "b": -INT_MAX,
         "c": 1e20,
         "d": -0.5,
         "e": "0x10",
@@ -152,8 +152,8 @@ def run_fleet_cmd(home: Path, *argv: bytes) -> tuple[int, str]:
         ("v=-Infinity", "NaN and infinities cannot be sent"),
         ("v=INF", "NaN and infinities cannot be sent"),
         ("v=1e400", "is too large for a 64-bit float"),
-        (f"v={ARG_INT_MAX + 1}", "outside the protocol's integer range"),
-        (f"v=-{ARG_INT_MAX + 1}", "outside the protocol's integer range"),
+        (f"v={INT_MAX + 1}", "outside the protocol's integer range"),
+        (f"v=-{INT_MAX + 1}", "outside the protocol's integer range"),
         ("v=" + "9" * 5000, "outside the protocol's integer range"),
         ("k" * 64 + "=1", "key at most 63 bytes"),
         ("é" * 32 + "=1", "key at most 63 bytes"),  # 32 characters, 64 bytes
@@ -195,5 +195,5 @@ def test_cmd_refuses_an_oversized_command_and_an_unknown_name(
     assert code == 2
     assert "Invalid value" in err
     # a good command gets as far as the broker: the refusals above are the arguments' alone
-    code, err = run("dev-01", "ping", f"v={ARG_INT_MAX}", "w=nanny", "x=1e308")
+    code, err = run("dev-01", "ping", f"v={INT_MAX}", "w=nanny", "x=1e308")
     assert (code, err.startswith("error: cannot reach the broker")) == (1, True), err
