@@ -38,9 +38,9 @@ from edge_protocol.payload import (
     INT_MIN,
     MAX_TEXT_KEY_BYTES,
     SCHEMA,
+    UINT_MAX,
     Key,
     Kind,
-    UINT_MAX,
     SchemaError,
     check_payload,
     float_savings,
@@ -65,7 +65,9 @@ floats = (
     | st.floats(width=16, allow_nan=False, allow_infinity=False)
     | st.sampled_from(SPECIAL_FLOATS)
 )
-ints = st.integers(INT_MIN, INT_MAX) | st.sampled_from([0, 23, 24, 255, 256, 65535, 65536, 2**32, -1, -25, INT_MAX, INT_MIN])
+ints = st.integers(INT_MIN, INT_MAX) | st.sampled_from(
+    [0, 23, 24, 255, 256, 65535, 65536, 2**32, -1, -25, INT_MAX, INT_MIN]
+)
 text_keys = (
     st.text(alphabet="ab", max_size=2)  # few keys, so maps often hold keys of one length in either order
     | st.text(max_size=12).filter(lambda k: len(k.encode("utf-8")) <= MAX_TEXT_KEY_BYTES)

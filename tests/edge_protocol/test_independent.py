@@ -105,7 +105,9 @@ class Independent:
 SEED = bytes(range(100, 132))
 ids = st.from_regex(r"[a-z0-9][a-z0-9_-]{0,20}", fullmatch=True)
 leaves = (
-    st.integers(-(2**53 - 1), 2**53 - 1) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12)
+    st.integers(-(2**53 - 1), 2**53 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12)
 )
 nested = st.recursive(
     leaves | st.binary(max_size=20) | st.booleans() | st.none(),
