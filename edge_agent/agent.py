@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent import __version__
-from edge_agent.commands import BUILTINS, admit_command, error_reply, reply_draft
+from edge_agent.commands import BUILTINS, ReplyBudget, admit_command, error_reply, reply_draft
 from edge_agent.config import AgentConfig, Delivery, PipelineConfig, load_config
 from edge_agent.errors import AgentError
 from edge_agent.heartbeat import CpuMeter, link_metrics, system_metrics
@@ -104,7 +104,9 @@ class Agent:
             "commands_refused": 0,
             "commands_dropped": 0,
             "commands_done": 0,
+            "refusal_replies_suppressed": 0,
         }
+        self._refusal_replies = ReplyBudget()
         self.outbox: Outbox | None = None
         self.session: Any = None
         self.boot = 0
@@ -373,7 +375,7 @@ class Agent:
             self.counters["commands_refused"] += 1
             assert checked.refusal is not None
             log.info("command refused: %s (%s)", checked.refusal.value, checked.detail)
-            if checked.refusal.replies and checked.command_id is not None:
+            if checked.refusal.replies and checked.command_id is not None and self._refusal_reply():
                 self._publish(
                     [reply_draft(self._reply_topic(), checked.command_id, error_reply(checked.refusal.value))]
                 )
@@ -385,6 +387,13 @@ class Agent:
             reply = error_reply(str(e))
         self.counters["commands_done"] += 1
         self._publish([reply_draft(self._reply_topic(), cmd.id, reply)])
+
+    def _refusal_reply(self) -> bool:
+        """Whether a refused command gets its signed error reply (:class:`ReplyBudget`); counted if not."""
+        if self._refusal_replies.take():
+            return True
+        self.counters["refusal_replies_suppressed"] += 1
+        return False
 
     def _run_command(self, name: str, args: dict[str, Any] | Any) -> dict[str, Any]:
         if name == "ping":

@@ -26,7 +26,8 @@ a well-signed command that is expired or unknown gets a signed error reply ``{"o
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -42,6 +43,39 @@ MAX_COMMAND_TTL_S = 24 * 3600
 # without RTC right after boot may be off more: then exp checks fail, which is the safe side).
 CLOCK_SKEW_MS = 5_000
 BUILTINS = ("ping", "status", "reload", "pause", "resume")
+
+
+# Signed error replies to refused commands (expired, too far ahead, cache full): a token bucket of this
+# many, refilled one every REFUSAL_REPLY_EVERY_S (docs/agent.md "Commands"). Replaying captured
+# operator commands must not make the device sign replies into its own bounded outbox, where they would
+# push out results; a refusal beyond the bucket is still refused, only without a reply, and counted.
+REFUSAL_REPLY_BURST = 10
+REFUSAL_REPLY_EVERY_S = 6.0
+
+
+class ReplyBudget:
+    """The token bucket of REFUSAL_REPLY_BURST (the clock is injected for tests)."""
+
+    def __init__(
+        self,
+        burst: int = REFUSAL_REPLY_BURST,
+        every_s: float = REFUSAL_REPLY_EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._burst = float(burst)
+        self._every = every_s
+        self._clock = clock
+        self._tokens = float(burst)
+        self._at = clock()
+
+    def take(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + max(0.0, now - self._at) / self._every)
+        self._at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
 
 
 class Refusal(str, enum.Enum):

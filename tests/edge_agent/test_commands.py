@@ -6,8 +6,11 @@ from pathlib import Path
 from edge_agent.commands import (
     CLOCK_SKEW_MS,
     MAX_COMMAND_TTL_S,
+    REFUSAL_REPLY_BURST,
+    REFUSAL_REPLY_EVERY_S,
     Checked,
     Refusal,
+    ReplyBudget,
     admit_command,
     check_command,
 )
@@ -131,3 +134,19 @@ def test_a_full_cache_refuses_with_a_reply(tmp_path: Path) -> None:
     c = admit(box, command_cose("ping", b"z" * 16), t)
     assert (c.command, c.refusal, c.command_id) == (None, Refusal.CACHE_FULL, b"z" * 16)
     assert c.refusal.replies
+
+
+def test_refusal_replies_are_rate_limited() -> None:
+    """Replayed expired commands must not fill the device's outbox with signed replies: a burst of
+    REFUSAL_REPLY_BURST, then one every REFUSAL_REPLY_EVERY_S."""
+    t = [0.0]
+    budget = ReplyBudget(clock=lambda: t[0])
+    assert [budget.take() for _ in range(REFUSAL_REPLY_BURST + 5)] == [True] * REFUSAL_REPLY_BURST + [
+        False
+    ] * 5
+    t[0] += REFUSAL_REPLY_EVERY_S
+    assert [budget.take(), budget.take()] == [True, False]
+    t[0] += 1e9  # refills up to the burst, not beyond
+    assert sum(budget.take() for _ in range(3 * REFUSAL_REPLY_BURST)) == REFUSAL_REPLY_BURST
+    t[0] -= 1e6  # a clock that goes back adds nothing
+    assert not budget.take()
