@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from broker_config.accounts import Role
+from fleet_cli import watch_cmd
 from fleet_cli.app import main
 from fleet_cli.errors import FleetError
+from fleet_cli.mqtt import CONNECT_TIMEOUT_S, Link
 from fleet_cli.registry import Registry
 from fleet_cli.store import default_store_path
 from fleet_cli.watch_cmd import format_result
@@ -20,9 +21,25 @@ from tests.fleet_cli._collect_sim import Publisher, add_devices, collector_confi
 from tests.fleet_cli._hostile import BIDI, CLEAR, LABELS, NUL, RED, SHOWN, TITLE, assert_terminal_safe
 
 
+@pytest.fixture
+def subscribed(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Set once the watcher's subscription is acknowledged (Link.connect waits for the SUBACK): results
+    are republished at QoS 0, so one sent earlier is not seen, however long a test sleeps."""
+    event = threading.Event()
+
+    class _Link(Link):
+        def connect(self, timeout_s: float = CONNECT_TIMEOUT_S) -> Link:
+            link = super().connect(timeout_s)
+            event.set()
+            return link
+
+    monkeypatch.setattr(watch_cmd, "Link", _Link)
+    return event
+
+
 @pytest.mark.integration
 def test_watch_prints_verified_results(
-    mosquitto: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    mosquitto: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str], subscribed: threading.Event
 ) -> None:
     from fleet_cli.home import init_fleet
 
@@ -49,7 +66,7 @@ def test_watch_prints_verified_results(
             rc: list[int] = []
             t = threading.Thread(target=lambda: rc.append(main(argv)))
             t.start()
-            time.sleep(0.5)  # let the watcher subscribe
+            assert subscribed.wait(10)
             pub.send(
                 *(devs["dev-01"].result() for _ in range(3)), *(devs["dev-02"].result() for _ in range(3))
             )
@@ -94,7 +111,7 @@ def test_format_result_escapes_device_text_and_survives_any_value() -> None:
 
 @pytest.mark.integration
 def test_watch_prints_device_text_escaped_and_json_exact(
-    mosquitto: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    mosquitto: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str], subscribed: threading.Event
 ) -> None:
     from fleet_cli.home import init_fleet
 
@@ -113,8 +130,9 @@ def test_watch_prints_device_text_escaped_and_json_exact(
             for extra in ([], ["--json"]):
                 rc: list[int] = []
                 t = threading.Thread(target=lambda a=argv + extra, r=rc: r.append(main(a)))
+                subscribed.clear()
                 t.start()
-                time.sleep(0.5)  # let the watcher subscribe
+                assert subscribed.wait(10)
                 pub.send(*(dev.result(label=label) for label in LABELS))
                 t.join(15)
                 assert rc == [0]
