@@ -531,6 +531,10 @@ def load_config(path: Path | str) -> AgentConfig:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise ConfigError("", f"config {path} is not UTF-8") from e
-    except tomllib.TOMLDecodeError as e:
+    except ValueError as e:  # TOMLDecodeError, and an integer of more than 4300 digits (int's own limit)
         raise ConfigError("", f"config {path} is not valid TOML: {e}") from e
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise ConfigError(
+            "", f"config {path} is not valid TOML: arrays or tables nested too deeply"
+        ) from None
     return parse_config(data, path)

@@ -172,8 +172,10 @@ def parse_config(text: str, source: str = CONFIG_NAME) -> FleetConfig:
     """Parse and validate ``fleet.toml``; any problem is a :class:`UsageError` naming the key."""
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
+    except ValueError as e:  # TOMLDecodeError, and an integer of more than 4300 digits (int's own limit)
         raise UsageError(f"{source} is not valid TOML: {e}") from e
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise UsageError(f"{source} is not valid TOML: arrays or tables nested too deeply") from None
     version = data.get("version", CONFIG_VERSION)
     if version != CONFIG_VERSION:
         raise UsageError(f"{source} has version {version!r}; this fleet CLI reads version {CONFIG_VERSION}")
@@ -290,6 +292,8 @@ class FleetHome:
         config_path = root / CONFIG_NAME
         try:
             text = config_path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise UsageError(f"{config_path} is not UTF-8 text (byte {e.start})") from None
         except FileNotFoundError:
             raise FleetError(
                 f"no fleet in {root} ({CONFIG_NAME} is missing)",
