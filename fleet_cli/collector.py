@@ -89,6 +89,7 @@ from fleet_cli.store import (
     StateUpdate,
     Store,
 )
+from fleet_cli.terminal import escape
 from fleet_cli.verify_worker import (
     Answer,
     Item,
@@ -281,8 +282,8 @@ Outcome = Candidate | Rejected | Duplicate | StateUpdate
 
 
 def _sanitize(text: str, limit: int = 80) -> str:
-    """Device-supplied text made safe for a log line."""
-    return "".join(c if c.isprintable() else "?" for c in text[:limit])
+    """Device-supplied text made safe for a log line: escaped and bounded (fleet_cli/terminal.py)."""
+    return escape(text, limit)
 
 
 @dataclass(frozen=True)
