@@ -388,9 +388,17 @@ DEFAULT_REMOTE_TMP = "/tmp"  # noqa: S108 - a fresh 0700 directory of a random n
 
 
 def check_remote_tmp(path: str) -> str:
-    """An absolute directory on the device, one line, or a UsageError."""
-    if not path.startswith("/") or any(c in path for c in "\n\r\0"):
-        raise UsageError(f"--remote-tmp must be an absolute directory on the device, got {path!r}")
+    """An absolute directory on the device that no shell changes, or a UsageError.
+
+    scp hands the destination to the remote user's shell unquoted when it runs in legacy mode (scp -O,
+    and every OpenSSH before 9.0), and passes it literally over SFTP; only a path that shlex.quote
+    leaves alone means the same directory both ways."""
+    if not path.startswith("/") or shlex.quote(path) != path:
+        raise UsageError(
+            f"--remote-tmp must be an absolute directory on the device, got {path!r}",
+            hint="use letters, digits and _ @ % + = : , . / - only: "
+            "scp in legacy mode gives the path to the remote shell",
+        )
     return path
 
 

@@ -40,6 +40,7 @@ from fleet_cli.flash_cmd import (
     RemoteError,
     SshTarget,
     Step,
+    check_remote_tmp,
     explain_ssh_failure,
     install_over_ssh,
     parse_ssh_target,
@@ -425,6 +426,24 @@ def test_ssh_failures_explain_themselves(tmp_path: Path) -> None:
     calls.clear()
     install_over_ssh(t, steps, runner({}))
     assert calls == ["connect", "copy", "install"]
+
+
+def test_remote_tmp_must_mean_the_same_directory_to_scp_in_both_modes() -> None:
+    for good in ("/tmp", "/var/tmp/", "/data/edge-seal_1.2", "/mnt/usb@1/x+y,z=w:v%u"):
+        assert check_remote_tmp(good) == good
+    # scp -O gives the path to the remote shell, SFTP does not: these would mean two things
+    for bad in (
+        "var/tmp",
+        "/tmp/a b",
+        "/tmp/$(reboot)",
+        "/tmp/a;b",
+        "/tmp/`x`",
+        "/tmp/*",
+        "/tmp/'q'",
+        "/tmp/a\nb",
+    ):
+        with pytest.raises(UsageError, match="--remote-tmp must be an absolute directory"):
+            check_remote_tmp(bad)
 
 
 def test_boot_plan_refusals(tmp_path: Path) -> None:

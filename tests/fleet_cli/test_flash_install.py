@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +56,7 @@ FIRST_RESULT_TIMEOUT_S = 60.0
 FIGURES: dict[str, float] = {}
 
 
-def _flash(*args: str) -> tuple[int, str, str]:
+def _flash(*args: str, env: Mapping[str, str] | None = None) -> tuple[int, str, str]:
     """``fleet flash`` in a subprocess (its own stdout/stderr, as an operator runs it)."""
     proc = subprocess.run(
         [sys.executable, "-m", "fleet_cli", "flash", *args],
@@ -64,6 +64,7 @@ def _flash(*args: str) -> tuple[int, str, str]:
         text=True,
         timeout=600,
         check=False,
+        env=None if env is None else {**os.environ, **env},
     )
     return proc.returncode, proc.stdout, proc.stderr
 
@@ -565,6 +566,37 @@ def test_remote_tmp_is_checked(built: Built, sshd: Sshd, tmp_path: Path) -> None
     code, _, err = _flash(*base, "--bundle", str(tmp_path / "b.tar.gz"), "--remote-tmp", "/var/tmp")
     assert code == 2
     assert "--remote-tmp only goes with --ssh" in err
+
+
+def test_ssh_install_with_scp_in_legacy_mode(built: Built, sshd: Sshd, tmp_path: Path) -> None:
+    # scp -O (the default of OpenSSH before 9.0) gives the destination path to the remote shell
+    real_scp = shutil.which("scp")
+    assert real_scp is not None
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    used = tmp_path / "scp-used"
+    (bin_dir / "scp").write_text(f'#!/bin/sh\necho "$*" >> {used}\nexec {real_scp} -O "$@"\n')
+    (bin_dir / "scp").chmod(0o755)
+    legacy = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    remote = tmp_path / "remote-root"
+    remote_tmp = tmp_path / "remote-tmp"
+    remote_tmp.mkdir()
+    base = [DEVICE, "--home", str(built.home.root), "--wheel", str(built.wheel), *_ssh_args(sshd)]
+    code, out, err = _flash(
+        *base, "--offline", "--remote-prefix", str(remote), "--remote-tmp", str(remote_tmp), env=legacy
+    )
+    assert code == 0, out + err
+    assert used.read_text().count("bundle.tar.gz") == 1
+    assert f"installed {DEVICE} on 127.0.0.1" in out
+    assert (remote / "etc" / "edgeseal" / "agent.toml").is_file()
+    assert list(remote_tmp.iterdir()) == []
+    # a directory the remote shell would split or expand is refused before anything is built
+    spaced = tmp_path / "remote tmp"
+    spaced.mkdir()
+    code, _, err = _flash(*base, "--remote-tmp", str(spaced), env=legacy)
+    assert code == 2
+    assert "--remote-tmp must be an absolute directory" in _error(err)
+    assert used.read_text().count("bundle.tar.gz") == 1
 
 
 def test_ssh_errors_are_one_line(built: Built, sshd: Sshd, tmp_path: Path) -> None:
