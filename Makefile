@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PKGS   := edge_protocol edge_agent firmware_bridge broker_config fleet_cli
 
-.PHONY: test demo venv mosquitto sshd lint typecheck pytest tflite-runtime bench clean
+.PHONY: test demo venv mosquitto sshd lint typecheck pytest tflite-runtime bench fuzz clean
 
 test: venv mosquitto sshd lint typecheck pytest tflite-runtime
 
@@ -27,8 +27,8 @@ sshd:
 	@sh tools/ensure-sshd.sh
 
 lint:
-	$(BIN)/ruff check $(PKGS) tests bench tools
-	$(BIN)/ruff format --check $(PKGS) tests bench tools
+	$(BIN)/ruff check $(PKGS) tests bench tools fuzz
+	$(BIN)/ruff format --check $(PKGS) tests bench tools fuzz
 
 typecheck:
 	$(BIN)/mypy
@@ -42,6 +42,10 @@ tflite-runtime:
 
 bench: venv
 	$(BIN)/python bench/run_all.py
+
+# Every fuzz target of fuzz/ for FUZZ_SECONDS each (default 600), atheris or else hypothesis (docs/fuzzing.md).
+fuzz: venv
+	$(BIN)/python -m fuzz.run
 
 clean:
 	rm -rf $(VENV) .venv-tflite .mypy_cache .ruff_cache .pytest_cache
