@@ -46,6 +46,9 @@ MAX_INFLIGHT = 4096
 DEFAULT_INFLIGHT = 256
 # Labels travel in every classify result; more than 1000 classes is not an edge model any more.
 MAX_LABELS = 1000
+# A path in an error message is cut to this many characters: a whole line on a terminal, and no more
+# of a mistyped or hostile multi-kilobyte value.
+MAX_SHOWN_PATH = 200
 
 
 class Delivery(str, enum.Enum):
@@ -285,11 +288,19 @@ def _id(table: _Table, name: str, what: str) -> str:
         raise ConfigError(table.key(name), str(e), hint=getattr(e, "hint", None)) from None
 
 
+def _expand(key: str, value: str) -> Path:
+    """``value`` as a path with ``~`` and ``~user`` expanded; ConfigError when that user is unknown."""
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:  # pathlib: "Could not determine home directory."
+        raise ConfigError(key, f"{value[:MAX_SHOWN_PATH]!r} names the home of an unknown user") from None
+
+
 def _path(base: Path, table: _Table, name: str) -> Path | None:
     value = table.str_(name)
     if value is None:
         return None
-    p = Path(value).expanduser()
+    p = _expand(table.key(name), value)
     return p if p.is_absolute() else base / p
 
 
@@ -304,18 +315,26 @@ def _public_key(key: str, value: object) -> bytes:
         raise ConfigError(key, str(e)) from None
 
 
+def _exists(key: str, path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError as e:  # exists() is False only for a missing file; a name too long is an error
+        raise ConfigError(key, f"model file {str(path)[:MAX_SHOWN_PATH]!r}: {e.strerror or e}") from None
+
+
 def _resolve_model(base: Path, key: str, value: str) -> Path:
-    p = Path(value).expanduser()
+    p = _expand(key, value)
     if p.is_absolute():
         return p
     local = base / p
-    if local.exists():
+    if _exists(key, local):
         return local
     parts = p.parts[1:] if p.parts and p.parts[0] == "models" else p.parts
     shipped = _models_dir().joinpath(*parts) if parts else local
-    if shipped.exists():
+    if _exists(key, shipped):
         return shipped
-    raise ConfigError(key, f"model file {value!r} not found in {base} nor among the shipped models")
+    shown = value[:MAX_SHOWN_PATH]
+    raise ConfigError(key, f"model file {shown!r} not found in {base} nor among the shipped models")
 
 
 def _channel_floats(table: _Table, name: str, n: int, default: float) -> tuple[float, ...]:

@@ -63,3 +63,58 @@ def test_agent_toml_nested_too_deeply_is_a_config_error(tmp_path: Path) -> None:
     path.write_bytes(DEEP_ARRAY)
     with pytest.raises(ConfigError, match="nested too deeply"):
         load_config(path)
+
+
+# Found by review of the agent_config target's reach (a path value is expanded and looked up):
+# `~user` of an unknown user made pathlib raise RuntimeError, a model name longer than the file
+# system allows made exists() raise OSError (ENAMETOOLONG).
+AGENT_MINIMAL = b'[device]\nid = "dev-02"\nfleet = "demo"\n\n[trust]\ndelivery = "broker-ack"\n'
+AGENT_UNKNOWN_HOME = b'[device]\nid = "dev-02"\nfleet = "demo"\nstate_dir = "~nosuchuser9/x"\n'
+AGENT_PIPELINE = (
+    b'[device]\nid = "dev-02"\nfleet = "demo"\n\n[trust]\ndelivery = "broker-ack"\n\n'
+    b'[[pipeline]]\nname = "vib"\nmodel = "%s"\nsource = { port = "/dev/ttyACM0" }\n'
+    b'channels = ["ax"]\nwindow = 128\npostprocess = { kind = "raw" }\n'
+)
+
+
+def test_agent_toml_seed_shapes_load(tmp_path: Path) -> None:
+    """The shapes below are valid but for the one value each test changes."""
+    for data in (AGENT_MINIMAL, AGENT_PIPELINE % b"models/vibration_int8.tflite"):
+        path = tmp_path / "agent.toml"
+        path.write_bytes(data)
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        AGENT_UNKNOWN_HOME,
+        AGENT_PIPELINE % b"~nosuchuser9/m.tflite",
+        AGENT_PIPELINE % (b"a" * 5000),
+        AGENT_PIPELINE % (b"models/" + b"a" * 300),
+    ],
+    ids=["state_dir-unknown-home", "model-unknown-home", "model-path-too-long", "model-name-too-long"],
+)
+def test_agent_toml_paths(data: bytes) -> None:
+    target("agent_config")(data)
+
+
+def test_agent_toml_unknown_home_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_bytes(AGENT_UNKNOWN_HOME)
+    with pytest.raises(ConfigError, match=r"device\.state_dir: .* unknown user"):
+        load_config(path)
+
+
+# -- fleet inspect (fleet_cli/inspect_cmd.py, another engineer's file) ---------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=RecursionError,
+    reason="fleet_cli/inspect_cmd.py _parse_input: json.loads raises RecursionError on a record nested "
+    "~1000 deep, which it does not catch (reported; its owner fixes it)",
+)
+def test_inspect_record_nested_too_deeply() -> None:
+    """Found by review of the export_record target's reach: `fleet inspect` prints a traceback."""
+    target("export_record")(b'{"cose":' + b"[" * 100_000)
