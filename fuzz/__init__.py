@@ -26,6 +26,7 @@ TARGETS = (
     "payload",
     "frames",
     "lines",
+    "state",
     "export_record",
     "agent_config",
     "fleet_config",

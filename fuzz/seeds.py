@@ -68,6 +68,17 @@ def line_seeds() -> dict[str, bytes]:
     }
 
 
+def state_seeds() -> dict[str, bytes]:
+    from edge_protocol.state import Presence, encode_state
+
+    return {
+        "online.json": encode_state(Presence.ONLINE, 3, 1790000000000),
+        "offline.json": encode_state(Presence.OFFLINE, 2, 1790000000500),
+        "spaced-extra-member.json": b'{ "t": 17, "state": "offline", "boot": 0, "agent": "0.1.0" }\n',
+        "state-only.json": b'{"state":"online"}',
+    }
+
+
 def export_seeds() -> dict[str, bytes]:
     doc = _vectors("envelope.json")
     out: dict[str, bytes] = {}
@@ -189,6 +200,7 @@ SEEDS = {
     "payload": payload_seeds,
     "frames": frame_seeds,
     "lines": line_seeds,
+    "state": state_seeds,
     "export_record": export_seeds,
     "agent_config": agent_seeds,
     "fleet_config": fleet_seeds,
