@@ -76,7 +76,7 @@ def _parse_input(data: bytes, as_hex: bool) -> bytes:
         try:
             record = json.loads(stripped.splitlines()[0])
             cose = base64.b64decode(record["cose"], validate=True)
-        except (ValueError, KeyError, TypeError, binascii.Error) as e:
+        except (ValueError, KeyError, TypeError, binascii.Error, RecursionError) as e:
             raise UsageError(f"input looks like JSON but is not an exported record: {e}") from None
         if not isinstance(record, dict):
             raise UsageError("an exported record is a JSON object")

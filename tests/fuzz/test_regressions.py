@@ -106,15 +106,9 @@ def test_agent_toml_unknown_home_is_a_config_error(tmp_path: Path) -> None:
         load_config(path)
 
 
-# -- fleet inspect (fleet_cli/inspect_cmd.py, another engineer's file) ---------------------------------
+# -- fleet inspect (fleet_cli/inspect_cmd.py) ----------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RecursionError,
-    reason="fleet_cli/inspect_cmd.py _parse_input: json.loads raises RecursionError on a record nested "
-    "~1000 deep, which it does not catch (reported; its owner fixes it)",
-)
 def test_inspect_record_nested_too_deeply() -> None:
     """Found by review of the export_record target's reach: `fleet inspect` prints a traceback."""
     target("export_record")(b'{"cose":' + b"[" * 100_000)
