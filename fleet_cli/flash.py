@@ -18,8 +18,15 @@ A bundle is a gzip'd tar with one top directory ``edgeseal-<device>/``::
     wheels/edgeseal-*.whl    and, with --offline, every dependency's wheel for the target
 
 Ordering rules the installer relies on: the manifest lists every file of the bundle except itself
-and SHA256SUMS, in sorted order, and nothing else; a file's tar mode equals its manifest mode; every
-secret is 0600. Nothing here does I/O except :func:`write_tar`, which writes to a stream it is given.
+and SHA256SUMS, in sorted order, and nothing else (install.sh and verify.py included); SHA256SUMS is
+derived from it line for line; a file's tar mode equals its manifest mode; every secret is 0600.
+
+The manifest cannot vouch for itself: a bundle rewritten with its manifest, SHA256SUMS and verify.py
+passes every check the bundle carries. What stops it is the SHA-256 of the whole tarball, checked
+with the device's own ``sha256sum`` before anything is unpacked (docs/flash.md "Tampering").
+
+Nothing here does I/O except :func:`write_tar` and :func:`tar_differences`, which write to and read
+from a stream they are given.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import io
 import json
 import re
 import tarfile
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -284,6 +292,47 @@ def write_tar(stream: IO[bytes], top: str, files: Sequence[BundleFile], *, mtime
             info.mode = f.mode
             info.mtime = mtime
             tar.addfile(info, io.BytesIO(f.data))
+
+
+def sha256_of(stream: IO[bytes]) -> str:
+    """SHA-256 of what is left to read of ``stream`` (hashlib.file_digest is Python 3.11+)."""
+    digest = hashlib.sha256()
+    while chunk := stream.read(1024 * 1024):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def tar_differences(stream: IO[bytes], top: str, expected: Mapping[str, str]) -> list[str]:
+    """How a bundle tarball differs from what was built: ``expected`` maps every file's path (relative
+    to ``top``) to its SHA-256. One line per file that changed, was added, is missing or is not a
+    regular file, in path order; empty when every file matches. Reads ``stream``, extracts nothing."""
+    found: dict[str, str] = {}
+    odd: dict[str, str] = {}
+    try:
+        with tarfile.open(fileobj=stream, mode="r:gz") as tar:
+            for member in tar:
+                name = member.name.rstrip("/")
+                rel = name[len(top) + 1 :] if name.startswith(f"{top}/") else name
+                if member.isdir() and (name == top or rel != name):
+                    continue
+                data = tar.extractfile(member) if member.isfile() else None
+                if data is None:
+                    odd[rel] = f"{rel} is not a regular file"
+                    continue
+                found[rel] = sha256_of(data)
+    except (tarfile.TarError, OSError, EOFError, zlib.error):
+        return ["the archive is not a readable tar.gz"]
+    out = dict(odd)
+    for path in set(found) | set(expected):
+        if path in odd:
+            continue
+        if path not in expected:
+            out[path] = f"{path} was added"
+        elif path not in found:
+            out[path] = f"{path} is missing"
+        elif found[path] != expected[path]:
+            out[path] = f"{path} changed"
+    return [out[p] for p in sorted(out)]
 
 
 # -- rendered texts -----------------------------------------------------------------------------

@@ -5,6 +5,10 @@ The texts and the manifest are made by the pure :mod:`fleet_cli.flash`; this mod
 reads the fleet home and registry, builds the edgeseal wheel from the source tree, downloads the
 dependency wheels for the target with ``pip download``, writes the tarball, and runs the system's
 ``ssh``/``scp`` through a :class:`Runner` (``--dry-run`` swaps in one that only prints).
+
+An SSH install runs nothing from the bundle until the device's own ``sha256sum`` has shown that the
+tarball there is byte for byte the one written here; the bundle's install.sh and verify.py cannot
+vouch for themselves (docs/flash.md "Tampering").
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Protocol
@@ -57,6 +61,8 @@ SSH_ALIVE_COUNT = 4
 SSH_FAILED = 255
 # The wheel build and pip download run unattended; 15 minutes covers a slow mirror and a ~60 MB set.
 PIP_TIMEOUT_S = 900
+# A refused bundle names at most this many of the files that differ (a one-line error).
+MAX_DIFFS_SHOWN = 4
 # What ssh prints when it never got to authenticate (OpenSSH's and the resolver's messages).
 UNREACHABLE_MARKERS = (
     "could not resolve",
@@ -80,6 +86,10 @@ class BundleError(FleetError):
 
 class RemoteError(FleetError):
     """Installing over SSH failed: unreachable host, authentication, a failed step."""
+
+
+class BundleMismatch(RemoteError):
+    """The bundle on the device is not the one that was built: refused before anything of it ran."""
 
 
 # -- the edgeseal wheel -----------------------------------------------------------------------------
@@ -198,6 +208,8 @@ class Bundle:
     files: int
     secrets: tuple[str, ...]
     claim: bool
+    sha256: str = ""  # of the tarball, from the bytes as they were written
+    contents: Mapping[str, str] = field(default_factory=dict, repr=False)  # path -> SHA-256, all files
 
 
 def _models_dir() -> Path:
@@ -325,13 +337,17 @@ def build_bundle(home: FleetHome, options: BundleOptions, out: Path) -> Bundle:
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp_out = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-            fd = os.open(tmp_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as stream:
+            fd = os.open(tmp_out, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w+b") as stream:
                 flash.write_tar(
                     stream, top, all_files, mtime=int(dt.datetime.now(dt.timezone.utc).timestamp())
                 )
                 stream.flush()
                 os.fsync(stream.fileno())
+                # Hashed through the descriptor it was written with: whatever happens to the file by
+                # name afterwards, this is the tarball the device must receive.
+                stream.seek(0)
+                sha256 = flash.sha256_of(stream)
             tmp_out.replace(out)
         except OSError as e:
             raise BundleError(f"cannot write the bundle {out}: {e.strerror or e}") from e
@@ -343,6 +359,8 @@ def build_bundle(home: FleetHome, options: BundleOptions, out: Path) -> Bundle:
         files=len(all_files),
         secrets=tuple(f.path for f in files if f.secret),
         claim=bool(meta["claim"]),
+        sha256=sha256,
+        contents={f.path: hashlib.sha256(f.data).hexdigest() for f in all_files},
     )
 
 
@@ -380,11 +398,14 @@ def parse_ssh_target(text: str) -> SshTarget:
 class Step:
     name: str
     argv: tuple[str, ...]
-    stream: bool  # True: the output goes to the terminal; False: captured to explain a failure
+    stream: bool  # True: the output goes to the terminal; False: captured to check it or explain a failure
+    expect_sha256: str | None = None  # the output must start with this SHA-256 (the bundle check)
+    on_failure: bool = False  # runs only when a step after the first one failed (removes what it left)
 
 
 # Where an SSH install unpacks the bundle on the device (a private directory is made in it and removed).
 DEFAULT_REMOTE_TMP = "/tmp"  # noqa: S108 - a fresh 0700 directory of a random name, never reused
+ARCHIVE = "bundle.tar.gz"  # the bundle's name in that directory
 
 
 def check_remote_tmp(path: str) -> str:
@@ -412,7 +433,9 @@ def ssh_steps(
     remote_dir: str | None = None,
     remote_tmp: str = DEFAULT_REMOTE_TMP,
 ) -> list[Step]:
-    """The three commands of an SSH install: make a private directory, copy, unpack and install."""
+    """The commands of an SSH install: make a private directory, copy the bundle, check it with the
+    device's sha256sum, then check it again, unpack and install in one command; and the clean-up
+    that runs when a step fails after the directory was made."""
     # mkdir (not mkdir -p) of a fresh random name fails rather than reuse anything already there.
     remote_dir = remote_dir or f"{remote_tmp.rstrip('/')}/edgeseal-flash-{secrets.token_hex(6)}"
     common = [
@@ -433,18 +456,25 @@ def ssh_steps(
     elif target.user != "root":
         install = ["sudo", "-n", *install]
     d = shlex.quote(remote_dir)
+    # The check step reports the device's sha256sum of what arrived, for this side to compare; the
+    # install step compares again in the command that unpacks, so nothing can change the tarball in
+    # between. Only the device's coreutils and these commands judge the bundle (docs/flash.md
+    # "Tampering"): the bundle's own install.sh and verify.py run only after it has passed.
+    same = f'sum=$(sha256sum {ARCHIVE}) && [ "${{sum%% *}}" = {shlex.quote(bundle.sha256)} ]'
     script = (
-        f"cd {d} || exit 1; rc=0; tar -xzf bundle.tar.gz && {shlex.join(install)} || rc=$?; "
+        f"cd {d} || exit 1; rc=0; {same} && tar -xzf {ARCHIVE} && {shlex.join(install)} || rc=$?; "
         f"cd / && rm -rf {d}; exit $rc"
     )
     return [
         Step("connect", (*ssh, f"umask 077 && mkdir -m 700 {d}"), stream=False),
         Step(
             "copy",
-            (*scp, str(bundle.path), target.scp_destination(f"{remote_dir}/bundle.tar.gz")),
+            (*scp, str(bundle.path), target.scp_destination(f"{remote_dir}/{ARCHIVE}")),
             stream=False,
         ),
+        Step("check", (*ssh, f"cd {d} && sha256sum {ARCHIVE}"), stream=False, expect_sha256=bundle.sha256),
         Step("install", (*ssh, script), stream=True),
+        Step("clean up", (*ssh, f"rm -rf {d}"), stream=False, on_failure=True),
     ]
 
 
@@ -476,7 +506,7 @@ def explain_ssh_failure(target: SshTarget, stderr: str) -> RemoteError:
 
 
 class Runner(Protocol):
-    """Runs one step; returns (exit status, captured stderr)."""
+    """Runs one step; returns (exit status, captured output: stdout, then stderr)."""
 
     def __call__(self, step: Step) -> tuple[int, str]: ...
 
@@ -485,36 +515,86 @@ def run_step(step: Step) -> tuple[int, str]:
     if step.stream:
         return subprocess.run(step.argv, stdin=subprocess.DEVNULL, check=False).returncode, ""
     done = subprocess.run(step.argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
-    return done.returncode, done.stderr
+    return done.returncode, done.stdout + done.stderr
 
 
-def install_over_ssh(target: SshTarget, steps: Sequence[Step], runner: Runner = run_step) -> None:
-    """Run the steps in order; the first failure is a :class:`RemoteError` with one line and a hint."""
+def explain_mismatch(target: SshTarget, bundle: Bundle | None, got: str) -> BundleMismatch:
+    """The refusal when the device's sha256sum of the bundle is not the one written here; names the
+    files that differ when the copy on this machine shows them (else the change happened after scp
+    read it)."""
+    where = "the copy on this machine is intact: it changed on the way or on the device"
+    if bundle is not None:
+        try:
+            with bundle.path.open("rb") as stream:
+                diffs = flash.tar_differences(stream, bundle.top, bundle.contents)
+        except OSError as e:
+            diffs = [f"{bundle.path} cannot be read ({e.strerror or e})"]
+        if diffs:
+            shown = diffs[:MAX_DIFFS_SHOWN]
+            more = len(diffs) - len(shown)
+            where = "; ".join(shown) + (f"; {more} more" if more else "")
+    return BundleMismatch(
+        f"refused: the bundle on {target.host} is not the one fleet flash built ({where}); "
+        "nothing of it was unpacked or run",
+        hint=f"its SHA-256 there is {got or 'unknown'}; find out who can write the bundle file, "
+        "then flash again",
+    )
+
+
+def install_over_ssh(
+    target: SshTarget, steps: Sequence[Step], runner: Runner = run_step, *, bundle: Bundle | None = None
+) -> None:
+    """Run the steps in order; the first failure is a :class:`RemoteError` with one line and a hint,
+    raised after the clean-up steps ran (when the remote directory was made). ``bundle`` only
+    improves the refusal of a bundle that changed: it names the files that differ."""
     for tool in ("ssh", "scp"):
         if shutil.which(tool) is None:
             raise RemoteError(
                 f"{tool} not found", hint="install the OpenSSH client (apt-get install openssh-client)"
             )
-    for step in steps:
+    work = [s for s in steps if not s.on_failure]
+    for i, step in enumerate(work):
         log.info("ssh step %s: %s", step.name, shlex.join(step.argv))
-        code, err = runner(step)
-        if code == 0:
+        code, out = runner(step)
+        problem = _step_problem(target, step, code, out, bundle)
+        if problem is None:
             continue
-        if code == SSH_FAILED or (step.name != "install" and any(
-            s in err.lower() for s in ("connect", "permission denied", "host key", "resolve")
-        )):  # fmt: skip
-            raise explain_ssh_failure(target, err)
-        if step.name == "connect":
-            last = (err.strip().splitlines() or ["?"])[-1]
-            raise RemoteError(f"cannot make a private directory in /tmp on {target.host}: {last}")
-        if step.name == "copy":
-            last = (err.strip().splitlines() or ["?"])[-1]
-            raise RemoteError(f"copying the bundle to {target.host} failed: {last}")
-        raise RemoteError(
-            f"the installer failed on {target.host} (exit status {code})",
-            hint="its output is above; when sudo wants a password, "
-            "give the user passwordless sudo or use root@",
+        if i > 0:
+            for cleanup in (s for s in steps if s.on_failure):
+                log.info("ssh step %s: %s", cleanup.name, shlex.join(cleanup.argv))
+                runner(cleanup)  # best effort: the error below is what the operator needs
+        raise problem
+
+
+def _step_problem(
+    target: SshTarget, step: Step, code: int, out: str, bundle: Bundle | None
+) -> RemoteError | None:
+    if code == 0:
+        if step.expect_sha256 is None:
+            return None
+        # sha256sum's line "HEX  bundle.tar.gz" ("*" before the name in binary mode), wherever a
+        # chatty login script put it among other output
+        lines = (ln.split() for ln in out.splitlines())
+        got = next((p[0].lower() for p in lines if len(p) == 2 and p[1].lstrip("*") == ARCHIVE), "")
+        return None if got == step.expect_sha256 else explain_mismatch(target, bundle, got)
+    last = (out.strip().splitlines() or ["?"])[-1]
+    if code == SSH_FAILED or (step.name != "install" and any(
+        s in out.lower() for s in ("connect", "permission denied", "host key", "resolve")
+    )):  # fmt: skip
+        return explain_ssh_failure(target, out)
+    if step.name == "connect":
+        return RemoteError(f"cannot make a private directory in /tmp on {target.host}: {last}")
+    if step.name == "copy":
+        return RemoteError(f"copying the bundle to {target.host} failed: {last}")
+    if step.expect_sha256 is not None:
+        return RemoteError(
+            f"cannot check the bundle on {target.host}: {last}",
+            hint="the device needs sha256sum (coreutils); nothing of the bundle was run",
         )
+    return RemoteError(
+        f"the installer failed on {target.host} (exit status {code})",
+        hint="its output is above; when sudo wants a password, give the user passwordless sudo or use root@",
+    )
 
 
 # -- boot partition -----------------------------------------------------------------------------------
@@ -609,8 +689,13 @@ def flash_device(
             f"bundle {where}: {bundle.files} files, {_mib(bundle.size)}, "
             f"target {options.target.arch.value}{offline}"
         )
+        typer.echo(f"  bundle sha256 {bundle.sha256}")
         typer.echo(f"  manifest sha256 {bundle.manifest_sha256}")
         typer.echo(f"  secrets (0600): {', '.join(bundle.secrets)}")
+        if out is not None:
+            # docs/flash.md "Installing a bundle by hand": the check that does not come from the bundle.
+            check = shlex.join(["echo", f"{bundle.sha256}  {bundle.path.name}"])
+            typer.echo(f"  on the device, before unpacking it: {check} | sha256sum -c")
         if not bundle.claim:
             typer.echo(
                 f"  note: {options.device} has enrolled already: no claim token; a fresh install (new key) "
@@ -628,10 +713,10 @@ def flash_device(
             )
             if dry_run:
                 for s in steps:
-                    typer.echo(shlex.join(s.argv))
+                    typer.echo(("# if a step fails: " if s.on_failure else "") + shlex.join(s.argv))
                 return bundle
             typer.echo(f"installing on {target.destination} (port {target.port or 22}) ...")
-            install_over_ssh(target, steps, runner)
+            install_over_ssh(target, steps, runner, bundle=bundle)
             typer.echo(f"installed {options.device} on {target.host}")
         if plan is not None:
             if dry_run:

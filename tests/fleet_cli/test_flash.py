@@ -37,6 +37,7 @@ from fleet_cli.flash import (
 )
 from fleet_cli.flash_cmd import (
     Bundle,
+    BundleMismatch,
     RemoteError,
     SshTarget,
     Step,
@@ -362,7 +363,7 @@ def test_ssh_targets() -> None:
 
 
 def _bundle(tmp_path: Path) -> Bundle:
-    return Bundle(tmp_path / "b.tar.gz", "edgeseal-dev-01", "ab" * 32, 1, 1, (), True)
+    return Bundle(tmp_path / "b.tar.gz", "edgeseal-dev-01", "ab" * 32, 1, 1, (), True, sha256="cd" * 32)
 
 
 def test_ssh_steps(tmp_path: Path) -> None:
@@ -370,8 +371,16 @@ def test_ssh_steps(tmp_path: Path) -> None:
     steps = ssh_steps(
         SshTarget("pi", "h", 2222), b, options=("StrictHostKeyChecking=accept-new",), remote_dir="/tmp/d"
     )
-    assert [s.name for s in steps] == ["connect", "copy", "install"]
-    connect, copy, install = (s.argv for s in steps)
+    assert [s.name for s in steps] == ["connect", "copy", "check", "install", "clean up"]
+    assert [s.on_failure for s in steps] == [False, False, False, False, True]
+    connect, copy, check, install, cleanup = (s.argv for s in steps)
+    # the device's own sha256sum judges the bundle, against the SHA-256 written here
+    assert check[0] == "ssh"
+    assert check[-1] == "cd /tmp/d && sha256sum bundle.tar.gz"
+    assert steps[2].expect_sha256 == "cd" * 32
+    assert '[ "${sum%% *}" = ' + "cd" * 32 + " ]" in install[-1]
+    assert install[-1].index("sha256sum bundle.tar.gz") < install[-1].index("tar -xzf")
+    assert cleanup[-1] == "rm -rf /tmp/d"
     assert connect[0] == "ssh"
     assert "BatchMode=yes" in connect
     assert "StrictHostKeyChecking=accept-new" in connect
@@ -382,10 +391,10 @@ def test_ssh_steps(tmp_path: Path) -> None:
     assert copy[-1] == "pi@h:/tmp/d/bundle.tar.gz"
     assert "sudo -n sh edgeseal-dev-01/install.sh --manifest-sha256 " + "ab" * 32 in install[-1]
     assert "rm -rf /tmp/d" in install[-1]
-    root = ssh_steps(SshTarget("root", "h"), b, remote_dir="/tmp/d")[2].argv[-1]
+    root = ssh_steps(SshTarget("root", "h"), b, remote_dir="/tmp/d")[3].argv[-1]
     assert "sudo" not in root
     assert "-p" not in ssh_steps(SshTarget("root", "h"), b)[0].argv
-    prefixed = ssh_steps(SshTarget("pi", "h"), b, remote_prefix="/home/pi/es x")[2].argv[-1]
+    prefixed = ssh_steps(SshTarget("pi", "h"), b, remote_prefix="/home/pi/es x")[3].argv[-1]
     assert "sudo" not in prefixed
     assert "--prefix '/home/pi/es x' --no-systemd" in prefixed
     assert ssh_steps(SshTarget("pi", "h"), b)[0].argv[-1] != ssh_steps(SshTarget("pi", "h"), b)[0].argv[-1]
@@ -409,7 +418,8 @@ def test_ssh_failures_explain_themselves(tmp_path: Path) -> None:
     def runner(results: dict[str, tuple[int, str]]):  # type: ignore[no-untyped-def]
         def run(step: Step) -> tuple[int, str]:
             calls.append(step.name)
-            return results.get(step.name, (0, ""))
+            # the check step prints what sha256sum says; by default, the bundle as written
+            return results.get(step.name, (0, f"{step.expect_sha256 or ''}  bundle.tar.gz\n"))
 
         return run
 
@@ -424,8 +434,104 @@ def test_ssh_failures_explain_themselves(tmp_path: Path) -> None:
     with pytest.raises(RemoteError, match=r"installer failed on h \(exit status 3\)"):
         install_over_ssh(t, steps, runner({"install": (3, "")}))
     calls.clear()
+    with pytest.raises(RemoteError, match="cannot check the bundle on h: sh: 1: sha256sum: not found"):
+        install_over_ssh(t, steps, runner({"check": (127, "sh: 1: sha256sum: not found")}))
+    assert calls == ["connect", "copy", "check", "clean up"]  # nothing of the bundle ran
+    calls.clear()
     install_over_ssh(t, steps, runner({}))
-    assert calls == ["connect", "copy", "install"]
+    assert calls == ["connect", "copy", "check", "install"]
+
+
+def _tarball(tmp_path: Path, files: list[BundleFile]) -> Bundle:
+    """A bundle written as `fleet flash` writes one, with what Bundle records of it."""
+    import hashlib
+
+    path = tmp_path / "b.tar.gz"
+    with path.open("wb") as stream:
+        flash.write_tar(stream, "edgeseal-dev-01", files, mtime=1_700_000_000)
+    return Bundle(
+        path, "edgeseal-dev-01", "ab" * 32, path.stat().st_size, len(files), (), True,
+        sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+        contents={f.path: hashlib.sha256(f.data).hexdigest() for f in files},
+    )  # fmt: skip
+
+
+_FILES = [
+    BundleFile("install.sh", b"#!/bin/sh\necho install\n", flash.MODE_EXEC),
+    BundleFile("verify.py", b"print('verify')\n"),
+    BundleFile("config/agent.toml", b'operator_key = "11"\n'),
+    BundleFile("config/claim.token", b"t\n", flash.MODE_SECRET, secret=True),
+]
+
+
+def test_tar_differences_name_each_file_that_differs(tmp_path: Path) -> None:
+    bundle = _tarball(tmp_path, _FILES)
+    with bundle.path.open("rb") as f:
+        assert flash.tar_differences(f, bundle.top, bundle.contents) == []
+    changed = [
+        BundleFile("install.sh", b"#!/bin/sh\necho owned\n", flash.MODE_EXEC),
+        _FILES[1],
+        BundleFile("config/agent.toml", b'operator_key = "ee"\n'),
+        BundleFile("wheels/evil-1.0-py3-none-any.whl", b"PK"),
+    ]
+    other = tmp_path / "other"
+    other.mkdir()
+    with _tarball(other, changed).path.open("rb") as f:
+        assert flash.tar_differences(f, bundle.top, bundle.contents) == [
+            "config/agent.toml changed",
+            "config/claim.token is missing",
+            "install.sh changed",
+            "wheels/evil-1.0-py3-none-any.whl was added",
+        ]
+    linked = tmp_path / "linked.tar.gz"
+    with tarfile.open(linked, "w:gz") as tar:
+        info = tarfile.TarInfo("edgeseal-dev-01/verify.py")
+        info.type = tarfile.SYMTYPE
+        info.linkname = "/usr/bin/true"
+        tar.addfile(info)
+    with linked.open("rb") as f:
+        assert "verify.py is not a regular file" in flash.tar_differences(f, bundle.top, bundle.contents)
+    assert flash.tar_differences(io.BytesIO(b"not gzip"), bundle.top, bundle.contents) == [
+        "the archive is not a readable tar.gz"
+    ]
+
+
+def test_a_bundle_that_changed_after_it_was_built_is_refused_before_it_runs(tmp_path: Path) -> None:
+    bundle = _tarball(tmp_path, _FILES)
+    t = SshTarget("pi", "h")
+    steps = ssh_steps(t, bundle, remote_dir="/tmp/d")
+    calls: list[str] = []
+
+    def device(sha: str):  # type: ignore[no-untyped-def]
+        def run(step: Step) -> tuple[int, str]:
+            calls.append(step.name)
+            return 0, (f"{sha}  bundle.tar.gz\n" if step.name == "check" else "")
+
+        return run
+
+    # the copy here was changed after it was written: the refusal names the files
+    original = bundle.path.read_bytes()
+    other = tmp_path / "other"
+    other.mkdir()
+    bundle.path.write_bytes(
+        _tarball(other, [*_FILES[:2], BundleFile("config/agent.toml", b"x\n")]).path.read_bytes()
+    )
+    with pytest.raises(BundleMismatch) as refused:
+        install_over_ssh(t, steps, device("ee" * 32), bundle=bundle)
+    msg = str(refused.value)
+    assert msg.startswith("refused: the bundle on h is not the one fleet flash built (")
+    assert "config/agent.toml changed; config/claim.token is missing" in msg
+    assert "nothing of it was unpacked or run" in msg
+    assert "\n" not in msg
+    assert "ee" * 32 in (refused.value.hint or "")
+    assert calls == ["connect", "copy", "check", "clean up"]
+    # the copy here is intact: the bundle changed on the way or on the device
+    bundle.path.write_bytes(original)
+    with pytest.raises(BundleMismatch, match="the copy on this machine is intact"):
+        install_over_ssh(t, steps, device("ee" * 32), bundle=bundle)
+    calls.clear()
+    install_over_ssh(t, steps, device(bundle.sha256), bundle=bundle)
+    assert calls == ["connect", "copy", "check", "install"]
 
 
 def test_remote_tmp_must_mean_the_same_directory_to_scp_in_both_modes() -> None:

@@ -1,8 +1,9 @@
 """``fleet flash`` end to end: an offline bundle for this host installs into a prefix with the package
 index unreachable, the installed agent enrols through its claim against the hardened broker (TLS +
 passwords) and its results verify in a collector; tampering is refused; the SSH path runs against a
-real sshd on a loopback port; an aarch64 offline bundle carries aarch64 wheels; --boot writes the
-bundle and a cloud-init hook.
+real sshd on a loopback port, with scp in either mode, and refuses a bundle changed after it was
+built; the by-hand check of docs/flash.md refuses one too; an aarch64 offline bundle carries aarch64
+wheels; --boot writes the bundle and a cloud-init hook.
 
 One offline bundle is built per module and reused; the figures (bundle sizes, install time, time to
 the first verified result) are printed (``pytest -s``) and quoted in docs/flash.md.
@@ -11,6 +12,7 @@ the first verified result) are printed (``pytest -s``) and quoted in docs/flash.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -31,7 +33,8 @@ from edge_protocol.keys import read_private_key
 from fleet_cli.app import main as fleet_main
 from fleet_cli.broker_cmd import render_broker
 from fleet_cli.collector import Collector, CollectorConfig
-from fleet_cli.flash import check_wheel_tags, wheel_tags
+from fleet_cli.flash import check_wheel_tags, render_sha256sums, wheel_tags
+from fleet_cli.flash_cmd import BundleMismatch, BundleOptions, Step, flash_device, run_step
 from fleet_cli.home import FleetHome, init_fleet
 from fleet_cli.registry import Registry
 from tests.broker_config._helpers import reachable
@@ -54,6 +57,9 @@ NO_NETWORK = {
 }
 FIRST_RESULT_TIMEOUT_S = 60.0
 FIGURES: dict[str, float] = {}
+ROOT = Path(__file__).resolve().parents[2]
+# A public key whose private half the attacker holds.
+ATTACKER_KEY = "ee" * 32
 
 
 def _flash(*args: str, env: Mapping[str, str] | None = None) -> tuple[int, str, str]:
@@ -83,6 +89,7 @@ class Built:
     wheel: Path  # the edgeseal wheel of that bundle, reused by later builds
     simulator_link: Path
     build_s: float
+    stdout: str  # what `fleet flash` printed
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +121,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
         (wheel / Path(member.name).name).write_bytes(data.read())
     FIGURES["bundle_host_offline_mib"] = bundle.stat().st_size / 2**20
     FIGURES["build_host_offline_s"] = build_s
-    return Built(home, bundle, next(wheel.iterdir()), link, build_s)
+    return Built(home, bundle, next(wheel.iterdir()), link, build_s, out)
 
 
 def _unpack(bundle: Path, into: Path) -> Path:
@@ -357,6 +364,153 @@ def test_a_tampered_bundle_is_refused_and_nothing_is_installed(
     assert not (root / "var").exists()
 
 
+def test_the_manifest_covers_every_file_of_the_bundle(built: Built) -> None:
+    with tarfile.open(built.bundle) as tar:
+        members = {m.name.split("/", 1)[1]: m for m in tar.getmembers() if m.isfile()}
+        raw = tar.extractfile(f"{TOP}/MANIFEST.json").read()  # type: ignore[union-attr]
+        sums = tar.extractfile(f"{TOP}/SHA256SUMS").read()  # type: ignore[union-attr]
+    listed = {e["path"] for e in json.loads(raw)["files"]}
+    assert listed == set(members) - {"MANIFEST.json", "SHA256SUMS"}
+    assert {"install.sh", "verify.py", "config/agent.toml", "config/operator.pub"} <= listed
+    assert sums == render_sha256sums(raw)  # derived from the manifest, line for line
+    # and the bundle SHA-256 fleet flash printed covers the whole tarball
+    assert f"bundle sha256 {hashlib.sha256(built.bundle.read_bytes()).hexdigest()}" in built.stdout
+
+
+# -- a bundle changed on purpose (docs/flash.md "Tampering") ---------------------------------------
+
+TAMPERINGS = ["verify.py, operator key, SHA256SUMS", "install.sh"]
+
+
+def _tamper(bundle_dir: Path, how: str, marker: Path) -> None:
+    """Change an unpacked bundle as an attacker would: ``marker`` appears if any of their code runs."""
+    if how.startswith("verify.py"):
+        # A verifier that checks nothing, the attacker's key as the operator's, SHA256SUMS to match.
+        (bundle_dir / "verify.py").write_text(
+            f"open({str(marker)!r}, 'w').close()\nprint('verify.py: all files match the manifest')\n"
+        )
+        operator = (bundle_dir / "config" / "operator.pub").read_text().strip()
+        toml = bundle_dir / "config" / "agent.toml"
+        assert operator in toml.read_text()
+        toml.write_text(toml.read_text().replace(operator, ATTACKER_KEY))
+        (bundle_dir / "config" / "operator.pub").write_text(ATTACKER_KEY + "\n")
+    else:
+        (bundle_dir / "install.sh").write_text(f"#!/bin/sh\ntouch {marker}\n")
+    lines = (bundle_dir / "SHA256SUMS").read_text().splitlines()
+    paths = [ln.split("  ", 1)[1] for ln in lines]
+    (bundle_dir / "SHA256SUMS").write_text(
+        "".join(f"{hashlib.sha256((bundle_dir / p).read_bytes()).hexdigest()}  {p}\n" for p in paths)
+    )
+    # the bundle's own checks are satisfied: only a check from outside it can tell
+    check = subprocess.run(
+        ["sha256sum", "--check", "--strict", "--quiet", "SHA256SUMS"], cwd=bundle_dir, check=False
+    )
+    assert check.returncode == 0
+
+
+def _tamper_archive(archive: Path, how: str, marker: Path, scratch: Path) -> None:
+    """Unpack ``archive``, tamper with it, pack it again in its place."""
+    bundle_dir = _unpack(archive, scratch)
+    _tamper(bundle_dir, how, marker)
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(bundle_dir, arcname=TOP)
+
+
+@pytest.mark.parametrize("how", TAMPERINGS)
+def test_ssh_refuses_a_bundle_changed_after_it_was_built(
+    built: Built, sshd: Sshd, tmp_path: Path, how: str
+) -> None:
+    marker = tmp_path / "attacker-code-ran"
+    remote = tmp_path / "remote-root"
+    remote_tmp = tmp_path / "remote-tmp"
+    remote_tmp.mkdir()
+    copied: list[str] = []
+
+    def tamper_in_transit(step: Step) -> tuple[int, str]:
+        if step.name == "copy":
+            bundle = Path(step.argv[-2])
+            copied.append(hashlib.sha256(bundle.read_bytes()).hexdigest())
+            _tamper_archive(bundle, how, marker, tmp_path / "scratch")
+        return run_step(step)
+
+    ssh = _ssh_args(sshd)
+    with pytest.raises(BundleMismatch) as refused:
+        flash_device(
+            home=built.home,
+            options=BundleOptions(DEVICE, wheel=built.wheel),
+            out=None,
+            ssh=ssh[1],
+            identity=Path(ssh[3]),
+            ssh_options=(ssh[5], ssh[7]),
+            remote_prefix=str(remote),
+            remote_tmp=str(remote_tmp),
+            runner=tamper_in_transit,
+        )
+    msg = str(refused.value)
+    assert "\n" not in msg
+    assert msg.startswith("refused: the bundle on 127.0.0.1 is not the one fleet flash built ("), msg
+    assert msg.endswith("nothing of it was unpacked or run"), msg
+    if how == "install.sh":
+        assert "install.sh changed" in msg
+    else:
+        for path in ("SHA256SUMS", "config/agent.toml", "config/operator.pub", "verify.py"):
+            assert f"{path} changed" in msg
+    assert not marker.exists()  # nothing of the attacker's ran
+    assert not remote.exists()  # nothing was installed
+    assert list(remote_tmp.iterdir()) == []  # and the private directory is gone
+    assert copied  # the tampering happened between the build and the copy
+
+
+def _hand_check() -> str:
+    """The by-hand install of docs/flash.md, exactly as documented."""
+    text = (ROOT / "docs" / "flash.md").read_text(encoding="utf-8")
+    section = text.split("### Installing a bundle by hand\n", 1)[1]
+    return section.split("```sh\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.parametrize("how", [None, *TAMPERINGS])
+def test_the_documented_check_by_hand_refuses_a_tampered_bundle(
+    built: Built, tmp_path: Path, how: str | None
+) -> None:
+    printed = built.stdout.split("bundle sha256 ", 1)[1].split()[0]
+    device = tmp_path / "device"
+    device.mkdir()
+    archive = device / "dev-01.tar.gz"  # the name the documented commands use
+    shutil.copyfile(built.bundle, archive)
+    marker = tmp_path / "attacker-code-ran"
+    if how is not None:
+        _tamper_archive(archive, how, marker, tmp_path / "scratch")
+    # sudo records what it was asked to run instead of running it
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    ran = tmp_path / "sudo-ran"
+    (bin_dir / "sudo").write_text(f'#!/bin/sh\nprintf "%s\\n" "$PWD" "$*" > {ran}\n')
+    (bin_dir / "sudo").chmod(0o755)
+    commands = _hand_check()
+    assert "<bundle sha256>" in commands
+    done = subprocess.run(
+        ["sh", "-c", commands.replace("<bundle sha256>", printed)],
+        cwd=device,
+        env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    unpacked = device / "edgeseal-install" / TOP
+    if how is None:
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "dev-01.tar.gz: OK" in done.stdout
+        assert ran.read_text().splitlines() == [str(device / "edgeseal-install"), f"sh {TOP}/install.sh"]
+        assert (unpacked / "install.sh").is_file()
+        return
+    assert done.returncode != 0
+    assert "dev-01.tar.gz: FAILED" in done.stdout
+    assert not ran.exists()  # the installer was never started
+    assert not unpacked.exists()  # nothing was unpacked
+    assert not marker.exists()
+
+
 def test_a_system_install_needs_root_and_options_are_checked(built: Built, tmp_path: Path) -> None:
     bundle_dir = _unpack(built.bundle, tmp_path / "unpacked")
     bad = _install(bundle_dir, "--frobnicate")
@@ -546,11 +700,15 @@ def test_ssh_dry_run_prints_the_commands(built: Built, sshd: Sshd, tmp_path: Pat
     )  # fmt: skip
     assert code == 0, err
     lines = [ln for ln in out.splitlines() if ln.startswith(("ssh ", "scp "))]
-    assert len(lines) == 3
+    assert len(lines) == 4
     assert all("BatchMode=yes" in ln and "ConnectTimeout=" in ln for ln in lines)
     assert f"-p {sshd.port}" in lines[0]
     assert f"-P {sshd.port}" in lines[1]
-    assert "install.sh --manifest-sha256" in lines[2]
+    assert lines[2].endswith("sha256sum bundle.tar.gz'")
+    assert "install.sh --manifest-sha256" in lines[3]
+    cleanup = [ln for ln in out.splitlines() if ln.startswith("# if a step fails: ssh ")]
+    assert len(cleanup) == 1
+    assert "rm -rf /tmp/edgeseal-flash-" in cleanup[0]
     assert not (tmp_path / "never").exists()
     assert " /tmp/edgeseal-flash-" in lines[0]  # the default --remote-tmp
 
