@@ -20,6 +20,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge_protocol.state import Presence, State, online
+
 # Longest window / look-back a duration may name (a year); longer is a typo.
 MAX_DURATION_S = 366 * 24 * 3600
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
@@ -69,6 +71,8 @@ def parse_since(text: str, now_ms: int) -> int:
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile of already sorted values (None when empty); the collector's latency
+    percentiles use it too."""
     if not sorted_values:
         return None
     rank = max(1, math.ceil(q / 100.0 * len(sorted_values)))
@@ -203,15 +207,11 @@ def sparkline(values: list[int]) -> str:
 
 
 def device_online(state: dict[str, Any] | None, current_boot: int | None) -> str:
-    """DESIGN §3: ``online``/``offline`` from the retained state; offline counts only for the current boot.
-
-    Returns ``online``, ``offline`` or ``unknown`` (no state seen).
-    """
+    """``online``, ``offline`` or ``unknown`` (no state seen) for a state row of the store
+    (``Store.states``), by the one rule of :func:`edge_protocol.state.online`."""
     if state is None:
         return "unknown"
-    if state.get("state") == "online":
-        return "online"
+    presence = Presence.ONLINE if state.get("state") == Presence.ONLINE.value else Presence.OFFLINE
     boot = state.get("boot")
-    if current_boot is not None and boot is not None and boot < current_boot:
-        return "online"  # a Will of an earlier boot arriving after the new birth
-    return "offline"
+    counts = online(State(presence, boot if isinstance(boot, int) else None, None), current_boot)
+    return "online" if counts else "offline"

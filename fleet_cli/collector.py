@@ -73,6 +73,7 @@ from edge_protocol.topics import (
     parse_topic,
     verified_topic,
 )
+from fleet_cli.aggregate import device_online, percentile
 from fleet_cli.errors import FleetError
 from fleet_cli.mqtt import RECEIVE_MAXIMUM, MqttSettings
 from fleet_cli.mqtt import Link as MqttLink
@@ -501,14 +502,6 @@ class CollectorStats:
         }
 
 
-def percentile(sorted_values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile of already sorted values (None when empty)."""
-    if not sorted_values:
-        return None
-    rank = max(1, math.ceil(q / 100.0 * len(sorted_values)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
-
-
 @dataclass
 class _Counters:
     accepted: int = 0
@@ -529,13 +522,11 @@ class _Counters:
     internal_errors: int = 0
 
     def online(self) -> int:
-        """Devices whose last state is online, or offline from an older boot (DESIGN §3)."""
-        n = 0
-        for dev, (state, boot) in self.states.items():
-            current = self.boots.get(dev)
-            if state == "online" or (boot is not None and current is not None and boot < current):
-                n += 1
-        return n
+        """Devices that count as online by :func:`edge_protocol.state.online`."""
+        return sum(
+            device_online({"state": state, "boot": boot}, self.boots.get(dev)) == "online"
+            for dev, (state, boot) in self.states.items()
+        )
 
 
 # ---- the collector --------------------------------------------------------------------------

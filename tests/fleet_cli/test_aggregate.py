@@ -61,3 +61,21 @@ def test_sparkline_and_online_rule() -> None:
     assert device_online({"state": "offline", "boot": 3}, 3) == "offline"
     # DESIGN §3: a Will from an earlier boot arriving after the new birth does not count
     assert device_online({"state": "offline", "boot": 2}, 3) == "online"
+
+
+@pytest.mark.parametrize(
+    ("presence", "boot", "current"),
+    [(p, b, c) for p in ("online", "offline") for b in (None, 2, 3) for c in (None, 3)],
+)
+def test_one_online_rule(presence: str, boot: int | None, current: int | None) -> None:
+    """`fleet status`/`fleet stats` (a store row) and the collector's online gauge (its counters)
+    answer as edge_protocol.state.online does."""
+    from edge_protocol.state import Presence, State, online
+    from fleet_cli.collector import _Counters
+
+    expected = online(State(Presence(presence), boot, None), current)
+    assert device_online({"state": presence, "boot": boot}, current) == ("online" if expected else "offline")
+    counters = _Counters(
+        states={"dev-01": (presence, boot)}, boots={} if current is None else {"dev-01": current}
+    )
+    assert counters.online() == int(bool(expected))
