@@ -23,7 +23,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from broker_config.accounts import Account, Role
-from edge_protocol.topics import FLEET_SEGMENT, Channel, fleet_prefix
+from edge_protocol import topics
+from edge_protocol.topics import FLEET_SEGMENT, Channel, channel_filter, fleet_prefix
 
 
 class Access(str, enum.Enum):
@@ -45,16 +46,9 @@ class Rule:
         return f"topic {self.access} {self.topic}"
 
 
-# DESIGN §3: what a device publishes (all under its own P/{dev}/) and what it reads.
-DEVICE_WRITES = (
-    Channel.BIRTH.value,
-    f"{Channel.RESULT.value}/+",
-    Channel.HEARTBEAT.value,
-    Channel.GAP.value,
-    Channel.REPLY.value,
-    Channel.STATE.value,
-)
-DEVICE_READS = (Channel.CMD.value, Channel.ACK.value)
+# What a device publishes (all under its own P/{dev}/) and what it reads: edge_protocol.topics' list.
+DEVICE_WRITES = tuple(channel_filter(c) for c in topics.DEVICE_PUBLISHES)
+DEVICE_READS = tuple(channel_filter(c) for c in topics.DEVICE_READS)
 
 
 def rules_for(fleet: str, account: Account) -> tuple[Rule, ...]:

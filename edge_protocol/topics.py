@@ -8,10 +8,13 @@ the collector publishes under ``P/_fleet/``. ``_fleet`` cannot be a device id (i
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from edge_protocol.errors import InvalidTopic
 from edge_protocol.ids import validate_id
+from edge_protocol.payload import Kind
 
 ROOT = "edgeseal/v1"
 FLEET_SEGMENT = "_fleet"
@@ -33,8 +36,31 @@ class Channel(enum.Enum):
         return self.value
 
 
+# The one list of a device's channels (docs/protocol.md §5); the broker's ACL, the collector's
+# subscriptions and the verifier's kind check are derived from it.
+#
+# The channel each device-signed kind is published on (docs/protocol.md §4: the kind must fit the topic).
+CHANNEL_OF_KIND: Mapping[Kind, Channel] = MappingProxyType(
+    {
+        Kind.BIRTH: Channel.BIRTH,
+        Kind.RESULT: Channel.RESULT,
+        Kind.HEARTBEAT: Channel.HEARTBEAT,
+        Kind.GAP: Channel.GAP,
+        Kind.REPLY: Channel.REPLY,
+    }
+)
 # Channels whose payload is a COSE envelope signed by the device.
-DEVICE_SIGNED = frozenset({Channel.BIRTH, Channel.RESULT, Channel.HEARTBEAT, Channel.GAP, Channel.REPLY})
+DEVICE_SIGNED = frozenset(CHANNEL_OF_KIND.values())
+# What a device publishes under its own P/{dev}/ (the signed channels, then its retained state) and
+# what it reads there.
+DEVICE_PUBLISHES = (*CHANNEL_OF_KIND.values(), Channel.STATE)
+DEVICE_READS = (Channel.CMD, Channel.ACK)
+
+
+def channel_filter(channel: Channel) -> str:
+    """The topic levels after ``P/{dev}/`` that match every topic of ``channel``: ``res/+`` for
+    results (one level per pipeline), the channel's name for the others."""
+    return f"{channel.value}/+" if channel is Channel.RESULT else channel.value
 
 
 @dataclass(frozen=True)

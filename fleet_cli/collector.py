@@ -64,10 +64,12 @@ from edge_protocol.keys import Signer, claim_tag
 from edge_protocol.payload import Key, Kind
 from edge_protocol.state import StateError, parse_state
 from edge_protocol.topics import (
+    DEVICE_PUBLISHES,
     DEVICE_SIGNED,
     Channel,
     DeviceTopic,
     agg_topic,
+    channel_filter,
     device_topic,
     fleet_prefix,
     parse_topic,
@@ -152,15 +154,8 @@ STOP_DRAIN_S = 3.0
 # a long-running fleet; 1024 is ~17 min of a device sending one message a second.
 CHAIN_KEEP_RECENT = 1024
 
-# Device channels the collector subscribes to (DESIGN §3); never cmd/ack, never _fleet/.
-SUBSCRIBED = (
-    Channel.BIRTH.value,
-    f"{Channel.RESULT.value}/+",
-    Channel.HEARTBEAT.value,
-    Channel.GAP.value,
-    Channel.REPLY.value,
-    Channel.STATE.value,
-)
+# Device channels the collector subscribes to: all a device publishes; never cmd/ack, never _fleet/.
+SUBSCRIBED = tuple(channel_filter(c) for c in DEVICE_PUBLISHES)
 
 
 class CollectorError(FleetError):

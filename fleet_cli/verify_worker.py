@@ -38,7 +38,7 @@ from typing import Any
 from edge_protocol.envelope import EnvelopeError, Opened, Verdict, decode_unverified, open_envelope
 from edge_protocol.keys import Verifier
 from edge_protocol.payload import Key, Kind, to_json
-from edge_protocol.topics import Channel
+from edge_protocol.topics import CHANNEL_OF_KIND
 from fleet_cli.errors import FleetError
 
 log = logging.getLogger(__name__)
@@ -57,14 +57,6 @@ FIELDS = (
 
 Answer = tuple[Any, ...]
 Item = tuple[str, str, "str | None", bytes, bytes]  # dev, channel value, pipe, bound key, cose
-
-_CHANNEL_OF_KIND = {
-    Kind.BIRTH: Channel.BIRTH,
-    Kind.RESULT: Channel.RESULT,
-    Kind.HEARTBEAT: Channel.HEARTBEAT,
-    Kind.GAP: Channel.GAP,
-    Kind.REPLY: Channel.REPLY,
-}
 
 
 def _hex(value: Any) -> Any:
@@ -98,7 +90,7 @@ def check_opened(opened: Opened, dev: str, channel: str, pipe: str | None, bound
     kind = opened.kind
     if opened.dev != dev:
         return Verdict.TOPIC_MISMATCH.value, f"payload dev {opened.dev!r} on the topic of {dev!r}"
-    expected = _CHANNEL_OF_KIND.get(kind)
+    expected = CHANNEL_OF_KIND.get(kind)
     if expected is None or expected.value != channel:
         return Verdict.TOPIC_MISMATCH.value, f"a {kind.name.lower()} on the {channel} channel"
     p = opened.payload

@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         help="atheris: where each target's corpus, crashes and log go (default: a new temporary directory)",
     )
     parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
-    parser.epilog = "Options after -- go to libFuzzer (atheris only), e.g. -- -jobs=2 -dict=FILE."
+    parser.epilog = "Options after -- go to libFuzzer (atheris only), e.g. -- -only_ascii=1."
     argv = sys.argv[1:] if argv is None else argv
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     args = parser.parse_args(argv[: len(argv) - len(extra) - 1] if "--" in argv else argv)

@@ -164,6 +164,7 @@ def agent_seeds() -> dict[str, bytes]:
         postprocess='{ kind = "anomaly", threshold = 3.5 }',
         **common,
     )
+    other = other.replace('state_dir = "state"', 'state_dir = "~/edgeseal/state"')  # ~ is expanded
     minimal = '[device]\nid = "dev-02"\nfleet = "demo"\n\n[trust]\ndelivery = "broker-ack"\n'
     return {"full.toml": full.encode(), "tls-lines.toml": other.encode(), "minimal.toml": minimal.encode()}
 

@@ -22,7 +22,7 @@ from fuzz.seeds import write_all
 ROOT = Path(__file__).resolve().parent.parent.parent
 # Eight targets at 5 s each (and about 1.5 s of start-up each) keep the whole run near a minute.
 SECONDS = 5
-HYPOTHESIS_EXAMPLES = 300
+HYPOTHESIS_EXAMPLES = 1000
 
 
 @pytest.mark.slow
