@@ -96,6 +96,8 @@ from fleet_cli.terminal import escape
 from fleet_cli.verify_worker import (
     Answer,
     Item,
+    Refused,
+    Verified,
     Verifiers,
     VerifyPool,
     check_opened,
@@ -384,13 +386,11 @@ class Intake:
     ) -> Outcome:
         """The chain (and enrolment) for a message whose signature and payload were checked: ``answer``
         is what :func:`~fleet_cli.verify_worker.verify_bound` or ``check_opened`` said about it."""
-        if len(answer) == 2:
-            return Rejected(topic, dev, Verdict(answer[0]), answer[1], payload, t_received)
-        (
-            kind, boot, seq, prev, msg_id, pipe, t_device, model, input_, out, label, score, info,
-            public_key, metrics, gap,
-        ) = answer  # fmt: skip
-        decision = self.chain.observe(Link(dev, boot, seq, prev, msg_id), now, gap[:3] if gap else None)
+        if type(answer) is Refused:
+            return Rejected(topic, dev, Verdict(answer.verdict), answer.reason, payload, t_received)
+        v = cast("Verified", answer)
+        boot, seq, gap = v.boot, v.seq, v.gap
+        decision = self.chain.observe(Link(dev, boot, seq, v.prev, v.msg_id), now, gap[:3] if gap else None)
         verdict = decision.verdict
         if verdict is Verdict.DUPLICATE:
             return Duplicate(dev, boot)
@@ -405,10 +405,7 @@ class Intake:
             except ConflictError as e:
                 return Rejected(topic, dev, Verdict.CLAIM_INVALID, str(e), payload, t_received)
             log.info("device %s enrolled by its claim", dev)
-        return Candidate(
-            dev, boot, seq, kind, pipe, t_device, t_received, model, input_, out, label, score, msg_id, prev,
-            payload, info, public_key, metrics, gap,
-        )  # fmt: skip
+        return Candidate(dev, t_received, payload, *v)
 
     @staticmethod
     def _is_claim(payload: bytes) -> bool:

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 from edge_protocol.envelope import Verdict
 from edge_protocol.spans import Spans
@@ -218,29 +218,41 @@ class StoreError(FleetError):
     """The store cannot be opened or written."""
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """A verified device message the chain verifier accepted, waiting for the batch to commit."""
+class Candidate(NamedTuple):
+    """A verified device message the chain verifier accepted, waiting for the batch to commit.
+
+    One field order from the verify worker to the table: ``dev, t_received, cose`` (the collector's),
+    then exactly the fields of :class:`fleet_cli.verify_worker.Verified`; the first
+    :data:`MESSAGE_COLUMNS` fields are the ``messages`` columns, in the order :data:`INSERT_MESSAGE`
+    names them, so a candidate's row is ``c[:MESSAGE_COLUMNS]``.
+    """
 
     dev: str
+    t_received: int
+    cose: bytes
     boot: int
     seq: int
     kind: int
     pipe: str | None
     t_device: int
-    t_received: int
-    model: bytes | None
-    input: bytes | None
-    out: str | None
-    label: str | None
-    score: float | None
-    msg_id: bytes
-    prev: bytes
-    cose: bytes
+    model: bytes | None = None
+    input: bytes | None = None
+    out: str | None = None
+    label: str | None = None
+    score: float | None = None
+    msg_id: bytes = b""
+    prev: bytes = b""
     info: str | None = None  # birth: JSON of info
     public_key: bytes | None = None  # birth: the key it carries
     metrics: str | None = None  # heartbeat: JSON of metrics
     gap: tuple[int, int, int, str] | None = None  # gap record: (boot, from, to, why); boot may be earlier
+
+
+MESSAGE_COLUMNS = 15
+INSERT_MESSAGE = (
+    "INSERT INTO messages (dev, t_received, cose, boot, seq, kind, pipe, t_device, model, input, out,"
+    " label, score, msg_id, prev) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
 
 
 @dataclass(frozen=True)
@@ -497,17 +509,7 @@ class Store:
                 self._cover(c.dev, gboot, lo, hi)
                 batch.touched.add((c.dev, gboot))  # an earlier boot's head may move over the drops
         # One statement per table and batch, rows in arrival order (the messages' ids keep it).
-        db.executemany(
-            "INSERT INTO messages (dev, boot, seq, kind, pipe, t_device, t_received, model, input,"
-            " out, label, score, msg_id, prev, cose) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            [
-                (
-                    c.dev, c.boot, c.seq, c.kind, c.pipe, c.t_device, c.t_received, c.model, c.input,
-                    c.out, c.label, c.score, c.msg_id, c.prev, c.cose,
-                )
-                for c in stored
-            ],
-        )  # fmt: skip
+        db.executemany(INSERT_MESSAGE, [c[:MESSAGE_COLUMNS] for c in stored])
         if gap_rows:
             db.executemany(
                 "INSERT INTO gaps (dev, boot, first, last, source, why, t_ms) VALUES (?,?,?,?,?,?,?)",

@@ -6,10 +6,12 @@ decoding, all by :func:`edge_protocol.envelope.open_envelope`), then check the p
 (``dev``, kind vs channel, pipe), a birth's key against the bound one and a gap record's range. No
 registry, no chain, no store: those stay in the collector, which feeds the result to its chain verifier.
 
-The answer is a plain tuple so that it crosses a process boundary cheaply:
+The answer is a named tuple, so that it crosses a process boundary cheaply and reads by name:
 
-* ``(verdict_value, reason)`` for a rejection;
-* :data:`FIELDS` for a message that passed: what the collector's chain verifier and store need.
+* :class:`Refused` ``(verdict, reason)`` for a rejection;
+* :class:`Verified` for a message that passed: what the collector's chain verifier and store need,
+  in the field order of :class:`fleet_cli.store.Candidate` (which is ``dev, t_received, cose`` and
+  then exactly these fields), so the collector builds a candidate as ``Candidate(dev, t, cose, *v)``.
 
 :class:`VerifyPool` runs :func:`verify_bound` in worker processes (``python -m fleet_cli.verify_worker``),
 so the signature checks of a busy collector run on another core than its MQTT network thread and store.
@@ -33,7 +35,7 @@ import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from edge_protocol.envelope import EnvelopeError, Opened, Verdict, decode_unverified, open_envelope
 from edge_protocol.keys import Verifier
@@ -49,13 +51,35 @@ VERIFIER_CACHE = 100_000
 # How long a stopping pool waits for a worker process to exit before it terminates it.
 JOIN_TIMEOUT_S = 5.0
 
-FIELDS = (
-    "kind", "boot", "seq", "prev", "msg_id", "pipe", "t_device", "model", "input", "out", "label",
-    "score", "info", "public_key", "metrics", "gap",
-)  # fmt: skip
-"""Names of the fields of an accepted answer, in order."""
 
-Answer = tuple[Any, ...]
+class Verified(NamedTuple):
+    """A message that passed (module docstring): :class:`fleet_cli.store.Candidate` without the
+    ``dev``, ``t_received`` and ``cose`` the collector already holds, in the same order."""
+
+    boot: int
+    seq: int
+    kind: int
+    pipe: str | None
+    t_device: int
+    model: bytes | None
+    input: bytes | None
+    out: str | None  # JSON of a result's out map, or of a reply's {id, reply}
+    label: str | None
+    score: float | None
+    msg_id: bytes
+    prev: bytes
+    info: str | None  # birth: JSON of info
+    public_key: bytes | None  # birth: the key it carries
+    metrics: str | None  # heartbeat: JSON of metrics
+    gap: tuple[int, int, int, str] | None  # gap record: (boot, from, to, why)
+
+
+class Refused(NamedTuple):
+    verdict: str  # a Verdict value
+    reason: str
+
+
+Answer = Verified | Refused
 Item = tuple[str, str, "str | None", bytes, bytes]  # dev, channel value, pipe, bound key, cose
 
 
@@ -89,20 +113,22 @@ def check_opened(opened: Opened, dev: str, channel: str, pipe: str | None, bound
     """The payload of a verified envelope against its topic, the bound key and its kind's rules."""
     kind = opened.kind
     if opened.dev != dev:
-        return Verdict.TOPIC_MISMATCH.value, f"payload dev {opened.dev!r} on the topic of {dev!r}"
+        return Refused(Verdict.TOPIC_MISMATCH.value, f"payload dev {opened.dev!r} on the topic of {dev!r}")
     expected = CHANNEL_OF_KIND.get(kind)
     if expected is None or expected.value != channel:
-        return Verdict.TOPIC_MISMATCH.value, f"a {kind.name.lower()} on the {channel} channel"
+        return Refused(Verdict.TOPIC_MISMATCH.value, f"a {kind.name.lower()} on the {channel} channel")
     p = opened.payload
     if kind is Kind.RESULT and p[Key.PIPE] != pipe:
-        return Verdict.TOPIC_MISMATCH.value, f"result of pipe {p[Key.PIPE]!r} on the topic of {pipe!r}"
+        return Refused(
+            Verdict.TOPIC_MISMATCH.value, f"result of pipe {p[Key.PIPE]!r} on the topic of {pipe!r}"
+        )
     if kind is Kind.BIRTH and bound is not None and p[Key.KEY] != bound:
-        return Verdict.CLAIM_INVALID.value, "birth carries another key than the bound one"
+        return Refused(Verdict.CLAIM_INVALID.value, "birth carries another key than the bound one")
     gap: tuple[int, int, int, str] | None = None
     if kind is Kind.GAP:
         gap = _gap(p)
         if gap is None:
-            return (
+            return Refused(
                 Verdict.MALFORMED.value,
                 "gap record without a valid {from, to} (below its own seq, or of an earlier boot)",
             )
@@ -121,12 +147,10 @@ def check_opened(opened: Opened, dev: str, channel: str, pipe: str | None, bound
         metrics = _json(p[Key.METRICS])
     elif kind is Kind.REPLY:
         out = _json({"id": p[Key.ID], "reply": p[Key.REPLY]})
-    return (
-        int(kind),
+    return Verified(
         int(p[Key.BOOT]),
         int(p[Key.SEQ]),
-        bytes(p[Key.PREV]),
-        opened.msg_id,
+        int(kind),
         p.get(Key.PIPE),
         int(p[Key.T]),
         p.get(Key.MODEL),
@@ -134,6 +158,8 @@ def check_opened(opened: Opened, dev: str, channel: str, pipe: str | None, bound
         out,
         label,
         score,
+        opened.msg_id,
+        bytes(p[Key.PREV]),
         info,
         bytes(p[Key.KEY]) if kind is Kind.BIRTH else None,
         metrics,
@@ -183,7 +209,7 @@ def verify_bound(fleet: str, item: Item, verifiers: Verifiers) -> Answer:
     try:
         opened = open_bound(fleet, dev, verifiers.get(key), payload)
     except EnvelopeError as e:
-        return e.verdict.value, e.reason
+        return Refused(e.verdict.value, e.reason)
     return check_opened(opened, dev, channel, pipe, key)
 
 
@@ -336,4 +362,8 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    # Run the imported module's main, not this __main__ copy's: the answers are pickled, and their
+    # classes (Verified, Refused) must be fleet_cli.verify_worker's, which the collector can load.
+    from fleet_cli import verify_worker  # noqa: PLW0406 - the imported module, not this __main__ copy
+
+    sys.exit(verify_worker.main(sys.argv[1:]))

@@ -16,7 +16,7 @@ from fleet_cli.store import Batch, Candidate, GapRange, Rejected, Store
 
 
 def cand(seq: int, msg_id: bytes, prev: bytes, gap: tuple[int, int, int, str] | None = None) -> Candidate:
-    return Candidate("d", 1, seq, 1, "p", 0, 0, None, None, None, None, None, msg_id, prev, b"x", gap=gap)
+    return Candidate("d", 0, b"x", 1, seq, 1, "p", 0, msg_id=msg_id, prev=prev, gap=gap)
 
 
 def ids(n: int) -> list[bytes]:
@@ -153,8 +153,7 @@ def test_seq_counters_saturate_instead_of_overflowing(tmp_path: Path) -> None:
 def test_heartbeats_of_boots_past_2_to_the_31_keep_their_order(tmp_path: Path) -> None:
     def hb(boot: int, seq: int, metrics: str) -> Candidate:
         mid = bytes([seq % 250 + 1]) * 32
-        return Candidate("d", boot, seq, 2, None, 0, 0, None, None, None, None, None, mid, bytes(32),
-                         b"x", metrics=metrics)  # fmt: skip
+        return Candidate("d", 0, b"x", boot, seq, 2, None, 0, msg_id=mid, prev=bytes(32), metrics=metrics)
 
     with Store(tmp_path / "s.db") as s:
         s.commit(Batch(candidates=[hb(BIG, 5, '{"n":5}')]))
@@ -185,8 +184,9 @@ def test_schema_2_store_migrates_its_heartbeat_order(tmp_path: Path) -> None:
         db.commit()
     with Store(path) as s:
         assert s.devices()[0]["metrics"] == {"n": 7}
-        hb = Candidate("d", 5, 6, 2, None, 0, 0, None, None, None, None, None, bytes([9]) * 32, bytes(32),
-                       b"x", metrics='{"n":6}')  # fmt: skip
+        hb = Candidate(
+            "d", 0, b"x", 5, 6, 2, None, 0, msg_id=bytes([9]) * 32, prev=bytes(32), metrics='{"n":6}'
+        )
         s.commit(Batch(candidates=[hb]))
         assert s.devices()[0]["metrics"] == {"n": 7}  # (5, 6) is older than the migrated (5, 7)
     with contextlib.closing(sqlite3.connect(path)) as db:
@@ -205,3 +205,13 @@ def test_the_head_crosses_merged_device_spans_in_one_step(tmp_path: Path) -> Non
         assert [(h.seq, h.msg_id) for h in r.heads] == [(2**41, i[0])]
         r = s.commit(Batch(candidates=[cand(2**41 + 1, i[5], i[4])]))
         assert [(h.seq, h.msg_id) for h in r.heads] == [(2**41 + 3, i[2])]
+
+
+def test_one_field_order_from_the_verify_answer_to_the_insert() -> None:
+    """Candidate is (dev, t_received, cose) + the verify worker's answer, and its first fields are the
+    messages columns in the order the INSERT names them."""
+    from fleet_cli.verify_worker import Verified
+
+    assert Candidate._fields[3:] == Verified._fields
+    columns = store_mod.INSERT_MESSAGE.split("(")[1].split(")")[0].replace(" ", "").split(",")
+    assert tuple(columns) == Candidate._fields[: store_mod.MESSAGE_COLUMNS]
