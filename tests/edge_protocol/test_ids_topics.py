@@ -8,10 +8,16 @@ from hypothesis import strategies as st
 
 from edge_protocol.errors import InvalidId, InvalidTopic
 from edge_protocol.ids import MAX_ID_LEN, validate_id
+from edge_protocol.payload import DEVICE_KINDS
 from edge_protocol.topics import (
+    CHANNEL_OF_KIND,
+    DEVICE_PUBLISHES,
+    DEVICE_READS,
+    DEVICE_SIGNED,
     Channel,
     DeviceTopic,
     agg_topic,
+    channel_filter,
     device_topic,
     fleet_device_filter,
     fleet_prefix,
@@ -96,3 +102,22 @@ def test_builders_refuse_bad_ids_and_shapes() -> None:
         device_topic("demo", "dev-01", Channel.RESULT)
     with pytest.raises(InvalidTopic):
         device_topic("demo", "dev-01", Channel.HEARTBEAT, "vib")
+
+
+def test_one_list_of_device_channels() -> None:
+    """docs/protocol.md §5: what a device publishes and reads; the ACL, the collector's filters and
+    the kind check are derived from these."""
+    assert [channel_filter(c) for c in DEVICE_PUBLISHES] == ["birth", "res/+", "hb", "gap", "reply", "state"]
+    assert [channel_filter(c) for c in DEVICE_READS] == ["cmd", "ack"]
+    assert set(CHANNEL_OF_KIND) == DEVICE_KINDS
+    assert set(DEVICE_PUBLISHES) - {Channel.STATE} == DEVICE_SIGNED
+    assert set(DEVICE_PUBLISHES) | set(DEVICE_READS) == set(Channel)
+    for kind, channel in CHANNEL_OF_KIND.items():
+        assert channel.value == {0: "birth", 1: "res", 2: "hb", 3: "gap", 4: "reply"}[kind]
+
+
+def test_collector_and_acl_use_the_list() -> None:
+    from broker_config.acl import DEVICE_WRITES
+    from fleet_cli.collector import SUBSCRIBED
+
+    assert SUBSCRIBED == DEVICE_WRITES == tuple(channel_filter(c) for c in DEVICE_PUBLISHES)
