@@ -35,6 +35,7 @@ from broker_config.passwd import hash_password
 from edge_protocol.errors import InvalidId
 from edge_protocol.ids import validate_id
 from edge_protocol.keys import CLAIM_TOKEN_LEN, PUBLIC_KEY_LEN
+from fleet_cli import sqlite
 from fleet_cli.errors import FleetError, UsageError
 
 SCHEMA_VERSION = 1
@@ -179,6 +180,12 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _upgrade(db: sqlite3.Connection, found: int) -> None:
+    """The schema of a new registry (version 1 is the only one so far)."""
+    for stmt in _SCHEMA:
+        db.execute(stmt)
+
+
 class Registry:
     """The registry in ``path`` (created, mode 0600, if missing). Usable as a context manager."""
 
@@ -193,25 +200,22 @@ class Registry:
                     os.fchmod(fd, 0o600)
             finally:
                 os.close(fd)
-            self._db = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-            )
-            self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            self._db.execute("PRAGMA journal_mode = WAL")
             # Bindings and revocations must survive power loss, and writes are rare: FULL.
-            self._db.execute("PRAGMA synchronous = FULL")
-            self._db.execute("PRAGMA foreign_keys = ON")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise RegistryError(
-                    f"{self.path} has schema version {version}; this fleet CLI knows {SCHEMA_VERSION}",
+            self._db = sqlite.connect(
+                self.path,
+                busy_timeout_s=BUSY_TIMEOUT_S,
+                synchronous=sqlite.Synchronous.FULL,
+                foreign_keys=True,
+            )
+            sqlite.migrate(
+                self._db,
+                SCHEMA_VERSION,
+                _upgrade,
+                too_new=lambda found: RegistryError(
+                    f"{self.path} has schema version {found}; this fleet CLI knows {SCHEMA_VERSION}",
                     hint="upgrade edgeseal",
-                )
-            if version < SCHEMA_VERSION:
-                with self._write():
-                    for stmt in _SCHEMA:
-                        self._db.execute(stmt)
-                    self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                ),
+            )
         except sqlite3.Error as e:
             raise RegistryError(f"cannot open the registry {self.path}: {e}") from e
         except OSError as e:

@@ -48,6 +48,7 @@ from typing import Any, NamedTuple
 
 from edge_protocol.envelope import Verdict
 from edge_protocol.spans import Spans
+from fleet_cli import sqlite
 from fleet_cli.errors import FleetError
 
 # 1: the first release; 2: the quarantine bound (quarantine_tally, quarantine_share, their triggers);
@@ -383,6 +384,16 @@ def eviction_plan(shares: Iterable[tuple[str, int]], need: int) -> list[tuple[st
     return [(d, before) for d, before in group if before > 0]  # need exceeds every row: all go
 
 
+def _upgrade(db: sqlite3.Connection, found: int) -> None:
+    """The schema of a new store, or an older one brought to :data:`SCHEMA_VERSION`."""
+    columns = {r[1] for r in db.execute("PRAGMA table_info(devices)")}
+    for stmt in _SCHEMA:
+        db.execute(stmt)
+    if columns and "metrics_boot" not in columns:
+        for stmt in _MIGRATE_3:
+            db.execute(stmt)
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -408,37 +419,22 @@ class Store:
                         f"no store at {self.path}",
                         hint="run `fleet collect` first, or point --store at the collector's file",
                     )
-                uri = f"file:{self.path}?mode=ro"
-                self._db = sqlite3.connect(
-                    uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-                )
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._db = sqlite3.connect(
-                    self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-                )
-                self._db.execute("PRAGMA journal_mode = WAL")
-                # FIELD-NOTES: NORMAL survives a killed process; acks promise "stored", and a power
-                # loss costs at most the last WAL frames, which devices still hold (never acked twice
-                # the same way: the head is written in the same transaction).
-                self._db.execute("PRAGMA synchronous = NORMAL")
-            self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            # FIELD-NOTES: NORMAL survives a killed process; acks promise "stored", and a power loss
+            # costs at most the last WAL frames, which devices still hold (never acked twice the same
+            # way: the head is written in the same transaction).
+            self._db = sqlite.connect(self.path, busy_timeout_s=BUSY_TIMEOUT_S, readonly=readonly)
             if not readonly:
-                version = self._db.execute("PRAGMA user_version").fetchone()[0]
-                if version > SCHEMA_VERSION:
-                    raise StoreError(
-                        f"{self.path} has store schema {version}; this edgeseal knows {SCHEMA_VERSION}"
-                    )
-                if version < SCHEMA_VERSION:
-                    self._db.execute("BEGIN IMMEDIATE")
-                    columns = {r[1] for r in self._db.execute("PRAGMA table_info(devices)")}
-                    for stmt in _SCHEMA:
-                        self._db.execute(stmt)
-                    if columns and "metrics_boot" not in columns:
-                        for stmt in _MIGRATE_3:
-                            self._db.execute(stmt)
-                    self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                    self._db.execute("COMMIT")
+                sqlite.migrate(
+                    self._db,
+                    SCHEMA_VERSION,
+                    _upgrade,
+                    too_new=lambda found: StoreError(
+                        f"{self.path} has store schema {found}; this edgeseal knows {SCHEMA_VERSION}",
+                        hint="upgrade edgeseal",
+                    ),
+                )
             # a reader of a schema 1 store (its collector not restarted yet) counts the table itself
             self._tallied = bool(
                 self._db.execute(
