@@ -48,6 +48,7 @@ from edge_agent.errors import SessionError
 from edge_agent.mqtt_version import Cause, VersionPolicy
 from edge_agent.outbox import Entry, Outbox
 from edge_protocol.envelope import EnvelopeError, KeyRing, open_envelope
+from edge_protocol.mqtt import UNSUPPORTED_PROTOCOL_VERSION
 from edge_protocol.payload import Kind
 from edge_protocol.state import Presence, encode_state
 from edge_protocol.topics import Channel, device_topic
@@ -63,9 +64,6 @@ IDLE_S = 1.0
 RESEND_PAGE = 256
 # How often the resend timer and the high-water marks are looked at.
 TICK_S = 1.0
-# MQTT 3.1.1 CONNACK return code 1 and MQTT 5 reason 0x84 (132): "unacceptable/unsupported protocol
-# version" (MQTT 3.1.1 §3.2.2.3, MQTT 5 §3.2.2.2).
-_UNSUPPORTED_PROTOCOL = (1, 132)
 # A password file holds one line; more than 4 KiB is not one.
 MAX_PASSWORD_BYTES = 4096
 
@@ -447,7 +445,7 @@ class Session:
         self._got_connack = True
         value = int(getattr(reason_code, "value", reason_code))
         failed = bool(getattr(reason_code, "is_failure", value != 0))
-        if failed and value in _UNSUPPORTED_PROTOCOL and self._version.refused():
+        if failed and value in UNSUPPORTED_PROTOCOL_VERSION and self._version.refused():
             self._fallback(f"broker refused MQTT 5 (CONNACK {reason_code})")
             return
         self._version.answered()

@@ -31,6 +31,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edge_protocol.mqtt import UNSUPPORTED_PROTOCOL_VERSION
 from fleet_cli.errors import FleetError
 
 if TYPE_CHECKING:
@@ -52,8 +53,6 @@ RECEIVE_MAXIMUM = 1000
 # Reconnect back-off (paho): from 1 s up to 30 s.
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 30
-# CONNACK reason codes after which trying MQTT 3.1.1 makes sense (MQTT 5 §3.2.2.2 0x84 / 0x01).
-_UNSUPPORTED_VERSION = (0x84, 0x01)
 
 
 class MqttError(FleetError):
@@ -195,7 +194,7 @@ class Link:
             except MqttError as e:
                 first_error = first_error or e
                 code = self._connack.value if self._connack is not None else None
-                if code is not None and code not in _UNSUPPORTED_VERSION:
+                if code is not None and code not in UNSUPPORTED_PROTOCOL_VERSION:
                     raise  # a real refusal (credentials, ACL): 3.1.1 would not help
                 log.info("MQTT %s failed (%s); trying the next protocol version", proto.value, e)
                 continue
