@@ -49,6 +49,31 @@ class _SnapshotDict(dict[str, Any]):
         return list(dict.items(self))
 
 
+def amqtt_config(host: str, port: int) -> dict[str, Any]:
+    """amqtt's configuration: one anonymous TCP listener on ``host:port``."""
+    return {
+        "listeners": {
+            "default": {"type": "tcp", "bind": f"{host}:{port}", "max_connections": MAX_CONNECTIONS}
+        },
+        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+    }
+
+
+def install_snapshot_table(broker: Any) -> bool:
+    """Swap amqtt's subscription table for a :class:`_SnapshotDict` with the same entries.
+
+    ``Broker._subscriptions`` is private: pyproject.toml bounds amqtt to the versions this was checked
+    on, and tests/fleet_cli/test_embedded_broker.py fails the day the attribute is renamed, is no plain
+    dict any more, or is no longer the table behind the public ``Broker.subscriptions``. False (and
+    nothing changed) when the table is not a plain dict.
+    """
+    table = getattr(broker, "_subscriptions", None)
+    if type(table) is not dict:
+        return False
+    broker._subscriptions = _SnapshotDict(table)
+    return True
+
+
 class EmbeddedBroker:
     """amqtt on ``127.0.0.1:port`` in a background thread."""
 
@@ -70,16 +95,7 @@ class EmbeddedBroker:
             raise FleetError("the embedded broker needs amqtt", hint="pip install amqtt") from e
         # amqtt logs every half-open probe connection as an error; the demo has its own display.
         logging.getLogger("amqtt").setLevel(logging.CRITICAL)
-        config = {
-            "listeners": {
-                "default": {
-                    "type": "tcp",
-                    "bind": f"{self.host}:{self.port}",
-                    "max_connections": MAX_CONNECTIONS,
-                }
-            },
-            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
-        }
+        config = amqtt_config(self.host, self.port)
         loop = asyncio.new_event_loop()
         self._loop = loop
 
@@ -89,9 +105,11 @@ class EmbeddedBroker:
             asyncio.set_event_loop(loop)
             try:
                 self._broker = Broker(config, loop=loop)
-                subscriptions = getattr(self._broker, "_subscriptions", None)
-                if type(subscriptions) is dict:
-                    self._broker._subscriptions = _SnapshotDict(subscriptions)
+                if not install_snapshot_table(self._broker):
+                    _log.warning(
+                        "embedded broker: this amqtt has no Broker._subscriptions dict to patch;"
+                        " clients subscribing while others connect may be dropped"
+                    )
                 loop.run_until_complete(self._broker.start())
             except BaseException as e:  # reported to start() below
                 self._error = e

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 
 import paho.mqtt.client as mqtt
 import pytest
 
-from fleet_cli.embedded_broker import EmbeddedBroker
+from fleet_cli.embedded_broker import EmbeddedBroker, _SnapshotDict, amqtt_config, install_snapshot_table
 
 pytestmark = pytest.mark.integration
 
@@ -44,6 +46,52 @@ def test_publish_subscribe_qos1_round_trip() -> None:
             sub.loop_stop()
             pub.disconnect()
             sub.disconnect()
+
+
+def test_amqtt_still_has_the_subscription_table_the_patch_replaces() -> None:
+    """The patch writes amqtt's private ``Broker._subscriptions`` (pyproject.toml bounds amqtt for it).
+    This fails the day amqtt renames it, makes it something other than a plain dict, or stops serving
+    its public ``subscriptions`` from it; test_clients_connecting_while_others_subscribe shows the patch
+    still prevents the race."""
+    from amqtt.broker import Broker
+
+    loop = asyncio.new_event_loop()
+    try:
+        broker = Broker(amqtt_config("127.0.0.1", 0), loop=loop)
+        table = broker._subscriptions
+        assert type(table) is dict
+        assert table == {}
+        assert broker.subscriptions is table
+        assert install_snapshot_table(broker)
+        assert type(broker._subscriptions) is _SnapshotDict
+        assert broker.subscriptions is broker._subscriptions
+    finally:
+        loop.close()
+
+
+def test_amqtt_files_subscriptions_in_the_patched_table() -> None:
+    """amqtt adds a subscription to the table the patch installed (it neither rebinds the attribute nor
+    keeps another one), as ``{filter: [(session, qos), ...]}``, the shape its own loops iterate."""
+    with EmbeddedBroker() as broker:
+        subscribed = threading.Event()
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="probe", protocol=mqtt.MQTTv311)
+        client.on_subscribe = lambda *a: subscribed.set()
+        client.connect(broker.host, broker.port)
+        client.loop_start()
+        try:
+            client.subscribe("probe/#", qos=1)
+            assert subscribed.wait(10)
+            table = broker._broker.subscriptions
+            assert type(table) is _SnapshotDict
+            deadline = time.monotonic() + 5
+            while "probe/#" not in table and time.monotonic() < deadline:
+                time.sleep(0.02)
+            [(session, qos)] = table["probe/#"]
+            assert session.client_id == "probe"
+            assert qos == 1
+        finally:
+            client.disconnect()
+            client.loop_stop()
 
 
 def test_stop_is_idempotent_and_frees_the_port() -> None:
