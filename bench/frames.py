@@ -201,6 +201,8 @@ def main() -> int:
         "decode_vs_921600_baud": round(rate_64 / LINE_BYTES_PER_S, 1),
         "decode_vs_921600_baud_4k_reads": round(rate_4k / LINE_BYTES_PER_S, 1),
         "raw_decode_bytes_per_s": round(rate_raw),
+        "decode_ns_per_byte": round(1e9 / rate_64, 2),
+        "raw_decode_ns_per_byte": round(1e9 / rate_raw, 2),
         "decode_vs_raw": round(rate_raw / rate_64, 2),
         "decode_vs_raw_4k_reads": round(rate_raw / rate_4k, 2),
         "ber": args.ber,
