@@ -100,7 +100,7 @@ def paho_pub_rate(port: int, msgs: list[tuple[str, bytes]]) -> float:
 
 
 def pynacl_us(ops: int) -> tuple[float, float]:
-    """PyNaCl itself (no edgeseal wrapper), keys made once as FIELD-NOTES advises."""
+    """PyNaCl itself (no edgeseal wrapper), keys made once as docs/field-notes.md "Crypto" advises."""
     from nacl.signing import SigningKey
 
     s = SigningKey.generate()

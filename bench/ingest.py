@@ -1,4 +1,4 @@
-"""Collector ingest figures (issue #6 item 10), all measured in one run on this machine.
+"""Collector ingest figures (docs/benchmarks.md "Collector ingest"), all measured in one run on this machine.
 
 A private Mosquitto (started here, ``max_queued_messages`` large enough) holds a backlog of sealed
 results for a persistent session; the consumer is then started and timed until the backlog is

@@ -1,4 +1,5 @@
-"""Broker accounts: who may connect to the fleet's Mosquitto and in which role (DESIGN §3, §4).
+"""Broker accounts: who may connect to the fleet's Mosquitto and in which role (docs/protocol.md §5,
+docs/fleet-home.md).
 
 An :class:`Account` is what the renderer needs to know about a registry entry: the MQTT username
 (a device id or a user name, validated with :func:`edge_protocol.ids.validate_id`, so it can never

@@ -1,7 +1,7 @@
 """Writing the broker's files so that exactly the right users can read them.
 
 Mosquitto started as root switches to ``run_as`` (Debian: ``mosquitto``) *before* it opens the
-password, ACL and key files (FIELD-NOTES). So, when we are root, the broker directory is
+password, ACL and key files (docs/field-notes.md "Mosquitto"). So, when we are root, the broker directory is
 ``root:<run_as group>`` 0750, secrets 0640 with that group, public files 0644, and the persistence
 directory belongs to ``run_as`` (it writes there). Run as a normal user, Mosquitto stays that user:
 directory 0700, secrets 0600. Every file is written atomically (temp file, fsync, rename, fsync of

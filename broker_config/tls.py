@@ -1,7 +1,7 @@
 """TLS material for the broker: the fleet CA, the broker's server certificate, optional client certs.
 
 X.509 here is transport security only; message authenticity comes from Ed25519 envelopes
-(DESIGN §2). Keys are ECDSA P-256: every TLS stack devices may run (OpenSSL, mbedTLS) accepts it.
+(docs/protocol.md §1). Keys are ECDSA P-256: every TLS stack devices may run (OpenSSL, mbedTLS) accepts it.
 Pure functions return PEM bytes; writing them is :mod:`broker_config.render`'s job.
 """
 

@@ -1,4 +1,4 @@
-"""edge_agent: the device side of edgeseal (DESIGN §1).
+"""edge_agent: the device side of edgeseal (docs/design-notes.md).
 
 Serial sensors → windows → TFLite → results sealed into a per-device hash chain, stored in a durable
 outbox and published over one MQTT session. Entry point: ``edge-agent`` (:mod:`edge_agent.cli`).

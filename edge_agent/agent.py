@@ -5,7 +5,7 @@ Start order (each step fails with a clear :class:`~edge_agent.errors.AgentError`
 1. every pipeline's model is loaded and checked against its window and postprocessing;
 2. the state directory, the device key (made on first start, 0600) and the claim token are read;
 3. the outbox opens and gives the stored chain head; the boot counter is incremented above it and
-   made durable (DESIGN §2) *before* any connection;
+   made durable (docs/protocol.md §6) *before* any connection;
 4. the birth (seq 0; ``claim`` while the device is not enrolled) is sealed into the outbox;
 5. the MQTT session starts; then one reader thread per serial port feeds its pipelines.
 
@@ -47,7 +47,7 @@ from edge_protocol.topics import Channel, device_topic
 
 log = logging.getLogger(__name__)
 
-# SIGTERM must end the agent within 5 s (issue #4 item 10; systemd's default TimeoutStopSec is 90 s,
+# SIGTERM must end the agent within 5 s (docs/agent.md "SIGTERM"; systemd's default TimeoutStopSec is 90 s,
 # but a Pi shutting down should not wait). Budget: readers 0.5 s, MQTT flush 2 s, offline state 1 s.
 STOP_BUDGET_S = 5.0
 STOP_FLUSH_S = 2.0

@@ -1,6 +1,6 @@
 """``edge-agent``: run the agent, check a configuration, show the version.
 
-argparse only (no typer/rich on the device: DESIGN §1), and nothing heavy imported before a command
+argparse only (no typer/rich on the device: docs/design-notes.md), and nothing heavy imported before a command
 needs it, so ``edge-agent --version`` starts in well under a second. Errors of the agent's own
 (:class:`~edge_agent.errors.AgentError`) are printed as ``error: …`` and ``hint: …`` and exit 1;
 ``-v`` shows debug logs and tracebacks.

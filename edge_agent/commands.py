@@ -1,6 +1,6 @@
 """Operator commands: checks (pure) and the reply drafts.
 
-A command is a COSE envelope of kind COMMAND on ``P/{dev}/cmd`` (DESIGN §3). It is acted on only if,
+A command is a COSE envelope of kind COMMAND on ``P/{dev}/cmd`` (docs/protocol.md §5). It is acted on only if,
 in this order:
 
 1. it opens with the fleet's operator key (signature over this fleet's external_aad) and is a
@@ -160,7 +160,7 @@ def admit_command(
 
 
 def reply_draft(topic: str, command_id: bytes, reply: Mapping[str, Any]) -> Draft:
-    """A REPLY in the device chain answering command ``command_id`` (DESIGN §2 keys 20, 22)."""
+    """A REPLY in the device chain answering command ``command_id`` (docs/protocol.md §3 keys 20, 22)."""
     return Draft(Kind.REPLY, {Key.ID: command_id, Key.REPLY: dict(reply)}, topic)
 
 

@@ -31,12 +31,13 @@ MAX_CONFIG_BYTES = 1024 * 1024
 # Windows larger than 65536 samples (164 s at 400 Hz) are not what a microcontroller sensor feeds a
 # small TFLite model; the bound keeps a typo from allocating gigabytes.
 MAX_WINDOW = 65536
-# At most 64 channels per pipeline: more than any MCU sample frame of DESIGN §5 carries (1024-byte body).
+# At most 64 channels per pipeline: more than any MCU sample frame carries (a 1024-byte body,
+# docs/firmware_bridge.md).
 MAX_CHANNELS = 64
 # A Pi-class device runs a handful of pipelines; 32 is generous and bounds threads and ports.
 MAX_PIPELINES = 32
 # The outbox must hold at least a few hundred results so a short outage loses nothing; 64 KiB is one
-# maximal envelope (DESIGN §2, MAX_ENVELOPE_BYTES).
+# maximal envelope (docs/protocol.md §2, MAX_ENVELOPE_BYTES).
 MIN_OUTBOX_BYTES = 64 * 1024
 # Default outbox bound: 64 MiB is ~300k results of ~220 bytes, about 14 h at 6 results/s, and small
 # next to the SD card of any Pi.
@@ -52,7 +53,7 @@ MAX_SHOWN_PATH = 200
 
 
 class Delivery(str, enum.Enum):
-    """When an outbox entry may be deleted (DESIGN §3 "Delivery is end-to-end")."""
+    """When an outbox entry may be deleted (docs/protocol.md §5 "Delivery and acks")."""
 
     FLEET_ACK = "fleet-ack"  # a collector's signed ack covers it (default)
     BROKER_ACK = "broker-ack"  # the broker's PUBACK (no collector in the fleet)
@@ -166,7 +167,7 @@ class PipelineConfig:
     num_threads: int = 1
 
     def processing_map(self) -> dict[str, Any]:
-        """The map whose canonical CBOR is hashed into ``cfg`` (DESIGN §2 key 11).
+        """The map whose canonical CBOR is hashed into ``cfg`` (docs/protocol.md §3 key 11).
 
         It holds what decides a result besides the model and the samples: the model file is covered by
         ``model`` and the samples by ``src``; the serial port path is device-local and left out.

@@ -1,4 +1,4 @@
-"""Heartbeat metrics (DESIGN §2 key 16), read from /proc and /sys where they exist.
+"""Heartbeat metrics (docs/protocol.md §3 key 16), read from /proc and /sys where they exist.
 
 Every field is a finite number or a small map of them; a metric the system does not offer (no
 thermal zone in a container) is left out rather than sent as a placeholder.

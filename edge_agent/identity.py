@@ -1,13 +1,13 @@
 """The device's identity on disk: its Ed25519 key, its boot counter and its claim token.
 
-State directory layout (DESIGN §4)::
+State directory layout (docs/agent.md "State directory")::
 
     state_dir/            mode 0700
       device.key          hex Ed25519 seed, mode 0600, made on first start, never logged or sent
       boot                the boot counter, decimal text; incremented and made durable at every start
       outbox.sqlite       the outbox and the chain head (see outbox.py), with -wal and -shm files
 
-Ordering rule (DESIGN §2 "The chain and counters"): :func:`next_boot` writes the new counter to a
+Ordering rule (docs/protocol.md §6): :func:`next_boot` writes the new counter to a
 temporary file, fsyncs it, renames it over ``boot`` and fsyncs the directory, all *before* the agent
 connects, so that two boots can never share a number even if the device loses power right after.
 """
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 KEY_FILE = "device.key"
 BOOT_FILE = "boot"
 OUTBOX_FILE = "outbox.sqlite"
-# The boot counter is a CBOR uint (DESIGN §2); 2**63 keeps it a signed SQLite INTEGER too.
+# The boot counter is a CBOR uint (docs/protocol.md §3); 2**63 keeps it a signed SQLite INTEGER too.
 MAX_BOOT = 2**63 - 1
 # A boot file is one decimal number; more than 32 bytes is not ours.
 MAX_BOOT_FILE_BYTES = 32

@@ -1,6 +1,6 @@
 """Inference: a window of floats in, output tensors (dequantised, flattened) out.
 
-The runtime is whichever TFLite interpreter is installed, tried in this order (DESIGN §1):
+The runtime is whichever TFLite interpreter is installed, tried in this order (docs/agent.md "Runtimes"):
 ``ai_edge_litert.interpreter`` (LiteRT, works with numpy 2), then ``tflite_runtime.interpreter``
 (2.14, needs numpy<2). ``EDGESEAL_TFLITE_RUNTIME=ai-edge-litert|tflite-runtime`` forces one.
 
@@ -9,7 +9,8 @@ Invariants of :meth:`TFLiteEngine.infer`:
 * The model is loaded from the very bytes that are hashed into ``model`` (``model_content=``), so the
   hash names exactly what runs.
 * ``input_bytes`` are the bytes of the array handed to ``set_tensor``: C order, little endian, after
-  quantisation (``q = clip(round(x / scale) + zero_point)``) for int8/uint8 inputs (DESIGN §2 key 9).
+  quantisation (``q = clip(round(x / scale) + zero_point)``) for int8/uint8 inputs
+  (docs/protocol.md §3 key 9).
 * Outputs of integer type are dequantised with their own scale and zero point: ``(q - zp) * scale``.
 
 numpy and the runtime are imported lazily: ``edge-agent --help`` must not pay ~50 MB and a second.
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RUNTIME_ENV = "EDGESEAL_TFLITE_RUNTIME"
-# (distribution name, interpreter module), in order of preference (DESIGN §1).
+# (distribution name, interpreter module), in order of preference (docs/agent.md "Runtimes").
 RUNTIMES: tuple[tuple[str, str], ...] = (
     ("ai-edge-litert", "ai_edge_litert.interpreter"),
     ("tflite-runtime", "tflite_runtime.interpreter"),

@@ -1,7 +1,7 @@
 """Which MQTT version the agent's next CONNECT speaks when ``mqtt.protocol = "auto"``.
 
-MQTT 5 is preferred (DESIGN §3: "v5 is used when available"); 3.1.1 is for brokers that do not speak
-it. The evidence differs in quality, and a flaky network must not pin a fleet to 3.1.1:
+MQTT 5 is preferred (docs/protocol.md §5; docs/agent.md "MQTT version"); 3.1.1 is for brokers that do
+not speak it. The evidence differs in quality, and a flaky network must not pin a fleet to 3.1.1:
 
 * **Refused**: a CONNACK "unsupported protocol version" (MQTT 3.1.1 §3.2.2.3 requires a 3.1.1-only
   broker to send it). Proof: 3.1.1 from now on.

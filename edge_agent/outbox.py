@@ -1,11 +1,11 @@
 """The durable outbox: sealing, the chain head and the append in one SQLite transaction.
 
-Why it exists: paho keeps its session only in memory (FIELD-NOTES), and a broker's PUBACK is not
-proof of storage. Every device message is sealed *into* this outbox and published from it; it leaves
-only when a collector's signed ack covers it (``fleet-ack``) or the broker acknowledged it
-(``broker-ack``), DESIGN §3.
+Why it exists: paho keeps its session only in memory (docs/field-notes.md "paho-mqtt 2.x"), and a
+broker's PUBACK is not proof of storage. Every device message is sealed *into* this outbox and published
+from it; it leaves only when a collector's signed ack covers it (``fleet-ack``) or the broker acknowledged it
+(``broker-ack``), docs/protocol.md §5.
 
-Invariants (DESIGN §2 "The chain and counters"):
+Invariants (docs/protocol.md §6):
 
 1. One chain per device: within a boot, seq rises by one for every device message, birth = 0;
    ``prev`` is the msg_id of the previous message, across boots too (the head survives restarts).
@@ -51,7 +51,7 @@ from edge_protocol.payload import Key, Kind
 
 log = logging.getLogger(__name__)
 
-ZERO_ID = bytes(32)  # DESIGN §2: prev of the device's very first message
+ZERO_ID = bytes(32)  # docs/protocol.md §6: prev of the device's very first message
 # After an overflow, entries are dropped until the outbox is at 3/4 of its bound: one gap record per
 # quarter of the outbox instead of one per message (each gap record costs ~200 bytes of the bound).
 LOW_WATER = 0.75

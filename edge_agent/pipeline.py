@@ -1,6 +1,6 @@
 """A pipeline: samples → window → inference → postprocess → a result draft ready to seal.
 
-The pipeline makes *drafts* (the kind-specific payload keys of DESIGN §2); the outbox seals them,
+The pipeline makes *drafts* (the kind-specific payload keys of docs/protocol.md §3); the outbox seals them,
 so the chain fields (boot, seq, prev) are given in the one transaction that also stores the message.
 A window either becomes one complete draft or nothing (an inference error or a non-finite output is
 counted and skipped): nothing half-done is ever sealed.
@@ -74,7 +74,7 @@ class LatencyStats:
 
 
 def config_hash(cfg: PipelineConfig) -> bytes:
-    """``cfg`` of DESIGN §2 key 11: BLAKE3 of the canonical CBOR of the pipeline's processing map."""
+    """``cfg`` (docs/protocol.md §3 key 11): BLAKE3 of the canonical CBOR of the processing map."""
     return blake3.blake3(cbor2.dumps(cfg.processing_map(), canonical=True)).digest()
 
 

@@ -1,6 +1,6 @@
 """Postprocessing: output tensors (already dequantised and flattened) to the ``out`` map of a result.
 
-Every kind puts all output tensors, concatenated in output order, in ``values`` (DESIGN §2 key 10),
+Every kind puts all output tensors, concatenated in output order, in ``values`` (docs/protocol.md §3 key 10),
 and adds its own fields:
 
 * ``classify``: ``label`` (the arg-max label, or ``unknown_label`` when its score is below
@@ -10,8 +10,8 @@ and adds its own fields:
 * ``anomaly``: ``score`` (the first output value) and ``anomaly`` (``score > threshold``).
 * ``raw``: ``values`` only.
 
-Pure: no numpy. A non-finite output value cannot be encoded (DESIGN §2: no NaN, no infinities) and is
-an :class:`~edge_agent.errors.InferenceError` for the caller to count and skip.
+Pure: no numpy. A non-finite output value cannot be encoded (docs/protocol.md §3: no NaN, no infinities)
+and is an :class:`~edge_agent.errors.InferenceError` for the caller to count and skip.
 """
 
 from __future__ import annotations

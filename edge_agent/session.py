@@ -1,7 +1,7 @@
 """The MQTT session: one thread owns the paho client and everything it does.
 
 paho-mqtt 2.x keeps its session in memory and has deadlocked when ``publish()`` is called from
-several threads while callbacks run (FIELD-NOTES). So:
+several threads while callbacks run (docs/field-notes.md "paho-mqtt 2.x"). So:
 
 * exactly one thread (``edge-agent-mqtt``) creates the client, connects, publishes, and drives the
   socket with paho's external-loop API (``loop_read`` / ``loop_write`` / ``loop_misc``) plus a wake-up
@@ -10,7 +10,7 @@ several threads while callbacks run (FIELD-NOTES). So:
   (deleting acked entries, passing commands on) happens after the callback returned;
 * other threads hand work in through :meth:`Session.notify` (new sealed entries) and read counters.
 
-Delivery (DESIGN §3):
+Delivery (docs/protocol.md §5):
 
 1. On every CONNACK the state ``online`` (retained) is published, ``cmd`` and ``ack`` are subscribed,
    and every stored entry is sent again in chain order (a fresh paho client each connection: nothing
@@ -461,7 +461,7 @@ class Session:
             self.state_topic, encode_state(Presence.ONLINE, self.boot, _wall_ms()), 1, True
         )
         self._state_mids.add(info.mid)
-        # DESIGN §3: every stored entry is sent again on every reconnect, in chain order.
+        # docs/protocol.md §5: every stored entry is sent again on every reconnect, in chain order.
         self._fresh.clear()
         self._sent_high = (-1, -1)
         self._marks.clear()

@@ -8,7 +8,7 @@ windows at most.
 Invariants:
 
 * A window's rows are in arrival order; ``raws[i]`` are the exact bytes the device sent for
-  ``rows[i]`` (the SAMPLE frame payload or the text line), so ``src`` (DESIGN §2 key 12) is the
+  ``rows[i]`` (the SAMPLE frame payload or the text line), so ``src`` (docs/protocol.md §3 key 12) is the
   BLAKE3 of ``b"".join(raws)``.
 * A sample whose value count does not match the source's channel layout is skipped and counted,
   never padded or truncated.
@@ -39,7 +39,7 @@ class Window:
     index: int  # 0 for the first window of this windower, rising by one
 
     def src_hash(self) -> bytes:
-        """BLAKE3 of the raw sample payloads in order (DESIGN §2 key 12)."""
+        """BLAKE3 of the raw sample payloads in order (docs/protocol.md §3 key 12)."""
         return blake3.blake3(b"".join(self.raws)).digest()
 
 

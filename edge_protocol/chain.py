@@ -1,4 +1,4 @@
-"""The per-device chain verifier (DESIGN §2 "The chain and counters", "What the verifier decides").
+"""The per-device chain verifier (docs/protocol.md §6).
 
 A pure state machine: no I/O, no clock of its own (the caller passes ``now`` in seconds, any monotonic
 scale). It is fed envelopes that already passed :func:`edge_protocol.envelope.open_envelope`, in ANY

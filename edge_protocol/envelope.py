@@ -1,4 +1,4 @@
-"""The signed envelope, wire format v1 (DESIGN §2): a tagged COSE_Sign1 (RFC 9052) with Ed25519.
+"""The signed envelope, wire format v1 (docs/protocol.md §2): a tagged COSE_Sign1 (RFC 9052) with Ed25519.
 
 Bytes on the wire::
 
@@ -36,7 +36,7 @@ from edge_protocol.errors import ProtocolError
 from edge_protocol.keys import KID_LEN, SIGNATURE_LEN, Signer, Verifier, key_id, message_id
 from edge_protocol.payload import MAP_KEYS, Key, Kind, SchemaError, float_savings, scan_payload
 
-# DESIGN §2: an envelope is at most 64 KiB; larger is TOO_LARGE before any decoding.
+# docs/protocol.md §2: an envelope is at most 64 KiB; larger is TOO_LARGE before any decoding.
 MAX_ENVELOPE_BYTES = 64 * 1024
 # cbor2's own recursion guard; the schema's MAX_DEPTH (16) is checked on the decoded value.
 _CBOR_MAX_DEPTH = 32
@@ -54,7 +54,7 @@ _PAYLOAD_AT = len(_COSE_HEAD) + KID_LEN + 1
 
 
 class Verdict(str, enum.Enum):
-    """What a verifier decides about a message (DESIGN §2 "What the verifier decides")."""
+    """What a verifier decides about a message (docs/protocol.md §4, §6)."""
 
     ACCEPTED = "ACCEPTED"
     DUPLICATE = "DUPLICATE"
@@ -130,7 +130,7 @@ class Opened(NamedTuple):
 
 
 def external_aad(fleet: str) -> bytes:
-    """DESIGN §2: ``"edgeseal:v1:" + fleet_id``; binds every signature to one fleet."""
+    """docs/protocol.md §2: ``"edgeseal:v1:" + fleet_id``; binds every signature to one fleet."""
     return ("edgeseal:v1:" + fleet).encode("utf-8")
 
 
@@ -243,7 +243,7 @@ def _encode_or_none(plain: dict[int, Any]) -> bytes | None:
 
 
 def encode_payload(payload: Mapping[int, object]) -> bytes:
-    """Check ``payload`` against DESIGN §2 and return its canonical CBOR; raise EnvelopeError(MALFORMED).
+    """Check ``payload`` (docs/protocol.md §3) and return its canonical CBOR; raise EnvelopeError(MALFORMED).
 
     The result is always ``cbor2.dumps(payload, canonical=True)`` of the payload with plain int keys.
     The schema check tells on the way whether every map is already in canonical order, and then a
@@ -364,8 +364,9 @@ def _refuse_tag(*_: object) -> NoReturn:
     raise ValueError("tags are not allowed in the payload")
 
 
-# Every tag cbor2 decodes by itself into a value, refused instead: a payload carries no tags (DESIGN §2),
-# and the length argument of _is_canonical needs it. Without this, tag 2 decodes to a plain int, and
+# Every tag cbor2 decodes by itself into a value, refused instead: a payload carries no tags
+# (docs/protocol.md §3), and the length argument of _is_canonical needs it. Without this, tag 2 decodes
+# to a plain int, and
 # the value-sharing (28/29) and string-reference (25/256) tags to plain values *shorter* than their
 # canonical encoding. Any other tag decodes to a CBORTag, which the schema refuses.
 # tests/edge_protocol/test_canonical.py checks that no tag number up to 65535 gets past this table.

@@ -10,7 +10,7 @@ class ProtocolError(Exception):
 
 
 class InvalidId(ProtocolError, ValueError):
-    """A fleet, device or pipeline id that does not match DESIGN §3."""
+    """A fleet, device or pipeline id that does not match docs/protocol.md §5."""
 
     def __init__(self, what: str, value: object, problem: str) -> None:
         shown = repr(value)
@@ -23,7 +23,7 @@ class InvalidId(ProtocolError, ValueError):
 
 
 class InvalidTopic(ProtocolError, ValueError):
-    """An MQTT topic that is not one of edgeseal's (DESIGN §3)."""
+    """An MQTT topic that is not one of edgeseal's (docs/protocol.md §5)."""
 
 
 class KeyFileError(ProtocolError):

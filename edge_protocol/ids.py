@@ -1,4 +1,4 @@
-"""Validation of fleet, device and pipeline ids (DESIGN §3).
+"""Validation of fleet, device and pipeline ids (docs/protocol.md §5).
 
 Ids become MQTT topic levels, file names and SQL keys, so the rule is deliberately narrow:
 ``[a-z0-9][a-z0-9_-]{0,62}``. Anything else, in particular ``+ # /`` and NUL (MQTT wildcards and level
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-# DESIGN §3: at most 63 characters, so an id is a valid DNS label too.
+# docs/protocol.md §5: at most 63 characters, so an id is a valid DNS label too.
 MAX_ID_LEN = 63
 _ID_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 

@@ -1,4 +1,4 @@
-"""Keys and the BLAKE3 derivations of DESIGN §2: key ids, message ids and enrolment claims.
+"""Keys and the BLAKE3 derivations of docs/protocol.md §1: key ids, message ids and enrolment claims.
 
 Private keys are Ed25519 seeds (32 bytes). On disk a key file holds the seed as lowercase hex and a
 newline, mode 0600, written atomically (temp file, fsync, rename, fsync of the directory) so that a
@@ -19,15 +19,15 @@ import nacl.signing
 
 from edge_protocol.errors import KeyFileError
 
-# DESIGN §2: derive_key contexts are fixed constants of wire format v1.
+# docs/protocol.md §1: derive_key contexts are fixed constants of wire format v1.
 KID_CONTEXT = "edgeseal 2026 v1 key id"
 MSG_ID_CONTEXT = "edgeseal 2026 v1 message id"
-KID_LEN = 16  # DESIGN §2: first 16 bytes of the derived key id
+KID_LEN = 16  # docs/protocol.md §1: first 16 bytes of the derived key id
 MSG_ID_LEN = 32
 PUBLIC_KEY_LEN = 32  # RFC 8032 Ed25519
 SEED_LEN = 32
 SIGNATURE_LEN = 64
-CLAIM_TOKEN_LEN = 32  # DESIGN §4: one-time 32-byte claim token
+CLAIM_TOKEN_LEN = 32  # docs/protocol.md §1: one-time 32-byte claim token
 
 
 def key_id(public_key: bytes) -> bytes:
@@ -47,7 +47,7 @@ def message_id(payload_bytes: bytes) -> bytes:
 
 
 def claim_tag(claim_token: bytes, public_key: bytes, dev: str) -> bytes:
-    """``BLAKE3(keyed_hash, key=claim_token, data=public_key ‖ utf8(dev))`` (DESIGN §2 key 14)."""
+    """``BLAKE3(keyed_hash, key=claim_token, data=public_key ‖ utf8(dev))`` (docs/protocol.md §3 key 14)."""
     if len(claim_token) != CLAIM_TOKEN_LEN:
         raise ValueError(f"a claim token is {CLAIM_TOKEN_LEN} bytes, got {len(claim_token)}")
     return blake3.blake3(public_key + dev.encode("utf-8"), key=claim_token).digest()

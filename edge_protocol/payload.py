@@ -1,4 +1,4 @@
-"""The payload of an envelope (DESIGN §2): integer keys 0-23, kinds, and the schema each kind obeys.
+"""The payload of an envelope (docs/protocol.md §3): integer keys 0-23, kinds, and the schema each kind obeys.
 
 The schema is checked on both sides, by :func:`edge_protocol.envelope.seal` before signing and by the
 verifier after the signature: a well-signed message with a missing, unknown or mistyped key is
@@ -15,7 +15,7 @@ from typing import Any
 
 from edge_protocol.ids import is_valid_id
 
-# DESIGN §2: nested maps use text keys of at most 63 bytes; nesting at most 16 levels deep.
+# docs/protocol.md §3: nested maps use text keys of at most 63 bytes; nesting at most 16 levels deep.
 MAX_TEXT_KEY_BYTES = 63
 MAX_DEPTH = 16
 # docs/protocol.md §3 "Integers": every integer in a payload, at any depth, lies in -(2^53-1)..2^53-1,
@@ -38,7 +38,8 @@ class Kind(enum.IntEnum):
     COMMAND = 6
 
 
-# Kinds 0-4 are signed by the device and sit in its chain (DESIGN §2 "Signers").
+# Kinds 0-4 are signed by the device and sit in its chain (docs/protocol.md §4 "Which key verifies which
+# kind").
 DEVICE_KINDS = frozenset({Kind.BIRTH, Kind.RESULT, Kind.HEARTBEAT, Kind.GAP, Kind.REPLY})
 
 
@@ -86,7 +87,7 @@ SCHEMA: dict[Kind, tuple[frozenset[Key], frozenset[Key]]] = {
 
 
 class SchemaError(ValueError):
-    """The payload is not of the form DESIGN §2 fixes; the message says where."""
+    """The payload is not of the form docs/protocol.md §3 fixes; the message says where."""
 
 
 _F16 = struct.Struct("<e")
@@ -365,7 +366,8 @@ def to_json(value: Any) -> Any:
 
 
 def named(payload: Mapping[int, Any]) -> dict[str, Any]:
-    """The payload with DESIGN §2 names for its keys (``dev``, ``seq``, …), the kind by name, bytes as hex."""
+    """The payload with its keys named (``dev``, ``seq``, …: docs/protocol.md §3), the kind by name, bytes
+    as hex."""
     out: dict[str, Any] = {}
     for k in sorted(payload):
         value = payload[k]

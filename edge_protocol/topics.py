@@ -1,4 +1,4 @@
-"""MQTT topics of an edgeseal fleet (DESIGN §3): build them and parse them back, validating every id.
+"""MQTT topics of an edgeseal fleet (docs/protocol.md §5): build them and parse them back, validating ids.
 
 Prefix ``P = edgeseal/v1/{fleet}``; device topics are ``P/{dev}/{channel}`` and ``P/{dev}/res/{pipe}``;
 the collector publishes under ``P/_fleet/``. ``_fleet`` cannot be a device id (ids start with

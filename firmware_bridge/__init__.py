@@ -1,6 +1,6 @@
 """firmware_bridge: the serial link between an edge device and its sensor microcontroller.
 
-Modules, one per concept (DESIGN §5 is the contract for the bytes):
+Modules, one per concept (docs/firmware_bridge.md "The wire format" is the contract for the bytes):
 
 * ``frames``: COBS + CRC-32 frames, the encoder and a streaming decoder with counters.
 * ``hello`` / ``settings``: the HELLO description and the ``key=value;…`` text of HELLO and CONFIG.

@@ -94,7 +94,7 @@ def _channels(text: str) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(
-        prog=PROG, description="Serial tools for edgeseal sensor microcontrollers (DESIGN §5 frames)."
+        prog=PROG, description="Serial tools for edgeseal sensor microcontrollers (docs/firmware_bridge.md)."
     )
     parser.add_argument("--version", action=_Version)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks on errors")

@@ -18,11 +18,11 @@ class BridgeError(Exception):
 
 
 class FrameError(BridgeError):
-    """Bytes that do not follow DESIGN §5: a payload of the wrong size, a value out of range."""
+    """Bytes that do not follow docs/firmware_bridge.md: a payload of the wrong size, a value out of range."""
 
 
 class HelloError(FrameError):
-    """A HELLO payload that is not ``fw=NAME;ver=X;ch=a,b,c;hz=N`` (DESIGN §5)."""
+    """A HELLO payload that is not ``fw=NAME;ver=X;ch=a,b,c;hz=N`` (docs/firmware_bridge.md)."""
 
 
 class ConfigError(BridgeError):

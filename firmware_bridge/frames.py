@@ -1,4 +1,4 @@
-"""Serial frames, DESIGN §5: the encoder and a streaming decoder. Pure code: no I/O, no clock.
+"""Serial frames, docs/firmware_bridge.md: the encoder and a streaming decoder. Pure code: no I/O, no clock.
 
 On the wire a frame is ``COBS(body) 0x00`` with ``body = type:u8 | seq:u8 | payload | crc:u32 LE``;
 the CRC is CRC-32/ISO-HDLC (``zlib.crc32``) over ``type | seq | payload``.
@@ -12,8 +12,8 @@ Decoder invariants (``FrameDecoder``):
    decoding resumes after the next ``0x00`` (resynchronisation).
 3. Empty runs (two delimiters in a row) are ignored and not counted. A partial frame at the end of a
    feed is kept for the next feed and not counted.
-4. ``lost`` adds ``(seq - last_seq - 1) mod 256`` for each good frame after the first (DESIGN §5: seq
-   rises by one per frame from the microcontroller).
+4. ``lost`` adds ``(seq - last_seq - 1) mod 256`` for each good frame after the first
+   (docs/firmware_bridge.md: seq rises by one per frame from the microcontroller).
 5. The result does not depend on how the input is split across ``feed`` calls.
 """
 
@@ -29,28 +29,29 @@ from cobs import cobs
 
 from firmware_bridge.errors import FrameError
 
-# DESIGN §5: "Body at most 1024 bytes".
+# docs/firmware_bridge.md "The wire format": "Body at most 1024 bytes".
 MAX_BODY = 1024
-# type:u8 + seq:u8 (DESIGN §5).
+# type:u8 + seq:u8 (docs/firmware_bridge.md "The wire format").
 HEADER_LEN = 2
-# crc:u32 LE (DESIGN §5).
+# crc:u32 LE (docs/firmware_bridge.md "The wire format").
 CRC_LEN = 4
 # The shortest body that can be a frame: header and CRC around an empty payload (a PING).
 MIN_BODY = HEADER_LEN + CRC_LEN
 # What is left of MAX_BODY for the payload.
 MAX_PAYLOAD = MAX_BODY - MIN_BODY
-# The frame delimiter (DESIGN §5); COBS guarantees it never occurs inside an encoded body.
+# The frame delimiter (docs/firmware_bridge.md); COBS guarantees it never occurs inside an encoded body.
 DELIMITER = 0
-# seq is a u8 (DESIGN §5), so it wraps at 256.
+# seq is a u8 (docs/firmware_bridge.md "The wire format"), so it wraps at 256.
 SEQ_MODULUS = 256
-# SAMPLE payload: t_us:u32 LE, then one f32 LE per channel (DESIGN §5).
+# SAMPLE payload: t_us:u32 LE, then one f32 LE per channel (docs/firmware_bridge.md "The wire format").
 SAMPLE_TIME_LEN = 4
 SAMPLE_VALUE_LEN = 4
 # As many f32 values as fit in MAX_PAYLOAD after the timestamp: (1018 - 4) // 4 = 253.
 MAX_CHANNELS = (MAX_PAYLOAD - SAMPLE_TIME_LEN) // SAMPLE_VALUE_LEN
-# t_us is a u32 (DESIGN §5): a free-running microsecond counter that wraps after about 71.6 minutes.
+# t_us is a u32 (docs/firmware_bridge.md): a free-running microsecond counter that wraps after about
+# 71.6 minutes.
 T_US_MODULUS = 1 << 32
-# ERROR payload: code:u16 LE, then UTF-8 text (DESIGN §5).
+# ERROR payload: code:u16 LE, then UTF-8 text (docs/firmware_bridge.md "The wire format").
 ERROR_CODE_LEN = 2
 ERROR_CODE_MAX = 0xFFFF
 
@@ -58,13 +59,13 @@ ERROR_CODE_MAX = 0xFFFF
 def max_wire_len(max_body: int = MAX_BODY) -> int:
     """The longest wire frame, delimiter excluded, for a body of ``max_body`` bytes.
 
-    COBS adds one code byte per started block of 254 bytes (FIELD-NOTES "Serial").
+    COBS adds one code byte per started block of 254 bytes (docs/field-notes.md "Serial").
     """
     return max_body + max(1, (max_body + 253) // 254)
 
 
 class FrameType(IntEnum):
-    """Frame types of DESIGN §5. Values with the top bit set travel host → microcontroller."""
+    """Frame types of docs/firmware_bridge.md. Values with the top bit set travel host → microcontroller."""
 
     HELLO = 0x01
     SAMPLE = 0x02
@@ -78,13 +79,13 @@ _TYPE_NAMES = {int(t): t.name for t in FrameType}
 
 
 def type_name(frame_type: int) -> str:
-    """``"SAMPLE"`` for 0x02; ``"0x7f"`` for a type DESIGN §5 does not define."""
+    """``"SAMPLE"`` for 0x02; ``"0x7f"`` for a type docs/firmware_bridge.md does not define."""
     return _TYPE_NAMES.get(frame_type, f"0x{frame_type:02x}")
 
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """One decoded frame. ``type`` is a plain int: a type DESIGN §5 does not define is passed on."""
+    """One decoded frame. ``type`` is a plain int: a type the wire format does not define is passed on."""
 
     type: int
     seq: int
@@ -100,7 +101,7 @@ class Frame:
 
     @property
     def type_name(self) -> str:
-        """The DESIGN §5 name of the type (``"HELLO"``), or its hex value when unknown."""
+        """The docs/firmware_bridge.md name of the type (``"HELLO"``), or its hex value when unknown."""
         return type_name(self.type)
 
 
@@ -123,12 +124,12 @@ class FrameStats:
 
 
 def frame_crc(body_without_crc: bytes | memoryview) -> int:
-    """CRC-32/ISO-HDLC over ``type | seq | payload`` (DESIGN §5)."""
+    """CRC-32/ISO-HDLC over ``type | seq | payload`` (docs/firmware_bridge.md "The wire format")."""
     return zlib.crc32(body_without_crc)
 
 
 def encode_frame(frame_type: int, seq: int, payload: bytes = b"") -> bytes:
-    """The wire bytes of one frame: ``COBS(body) + b"\\x00"`` (DESIGN §5)."""
+    """The wire bytes of one frame: ``COBS(body) + b"\\x00"`` (docs/firmware_bridge.md "The wire format")."""
     if not 0 <= frame_type <= 0xFF:
         raise FrameError(f"frame type {frame_type} is not a u8")
     if not 0 <= seq <= 0xFF:
@@ -270,7 +271,7 @@ def _check_channels(n_channels: int) -> None:
 
 
 def encode_sample(t_us: int, values: tuple[float, ...] | list[float]) -> bytes:
-    """A SAMPLE payload: ``t_us:u32 LE`` then one ``f32 LE`` per value (DESIGN §5)."""
+    """A SAMPLE payload: ``t_us:u32 LE`` then one ``f32 LE`` per value (docs/firmware_bridge.md)."""
     _check_channels(len(values))
     if not 0 <= t_us < T_US_MODULUS:
         raise FrameError(f"t_us {t_us} is not a u32", hint="wrap it: t_us % 2**32")
@@ -281,7 +282,7 @@ def encode_sample(t_us: int, values: tuple[float, ...] | list[float]) -> bytes:
 
 
 def decode_sample(payload: bytes, n_channels: int) -> tuple[int, tuple[float, ...]]:
-    """``(t_us, values)`` from a SAMPLE payload of ``n_channels`` channels (DESIGN §5)."""
+    """``(t_us, values)`` from a SAMPLE payload of ``n_channels`` channels (docs/firmware_bridge.md)."""
     _check_channels(n_channels)
     layout = _sample_struct(n_channels)
     if len(payload) != layout.size:
@@ -302,7 +303,7 @@ def sample_channels(payload: bytes) -> int:
 
 
 def encode_error(code: int, text: str) -> bytes:
-    """An ERROR payload: ``code:u16 LE`` then UTF-8 text (DESIGN §5)."""
+    """An ERROR payload: ``code:u16 LE`` then UTF-8 text (docs/firmware_bridge.md "The wire format")."""
     if not 0 <= code <= ERROR_CODE_MAX:
         raise FrameError(f"error code {code} is not a u16")
     payload = code.to_bytes(ERROR_CODE_LEN, "little") + text.encode("utf-8")

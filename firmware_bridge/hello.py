@@ -1,4 +1,4 @@
-"""HELLO: the microcontroller's description of itself (DESIGN §5).
+"""HELLO: the microcontroller's description of itself (docs/firmware_bridge.md "The wire format").
 
 Payload: UTF-8 ``fw=NAME;ver=X;ch=a,b,c;hz=100``; keys in any order, more keys allowed (they land in
 ``Hello.extra``). ``fw``, ``ver``, ``ch`` and ``hz`` are required. ``ch`` names the SAMPLE channels in
@@ -17,8 +17,8 @@ from firmware_bridge.errors import ConfigError, HelloError
 from firmware_bridge.frames import MAX_CHANNELS
 from firmware_bridge.settings import format_settings, parse_settings
 
-# A channel name becomes a key in the agent's pipeline config and in result payloads, where DESIGN §2
-# caps text keys at 63 bytes; 32 characters of a safe alphabet leave room for a prefix.
+# A channel name becomes a key in the agent's pipeline config and in result payloads, where
+# docs/protocol.md §3 caps text keys at 63 bytes; 32 characters of a safe alphabet leave room for a prefix.
 MAX_CHANNEL_NAME = 32
 # Firmware names and versions are shown to operators; 64 characters hold "name-board-variant" and a
 # semantic version with build metadata.
@@ -100,7 +100,9 @@ def parse_hello(payload: bytes) -> Hello:
         raise HelloError(f"HELLO payload is malformed: {exc}") from exc
     missing = [key for key in REQUIRED_KEYS if key not in settings]
     if missing:
-        raise HelloError(f"HELLO lacks {', '.join(missing)}", hint="DESIGN §5: fw=NAME;ver=X;ch=a,b,c;hz=N")
+        raise HelloError(
+            f"HELLO lacks {', '.join(missing)}", hint="fw=NAME;ver=X;ch=a,b,c;hz=N (docs/firmware_bridge.md)"
+        )
     try:
         hz = float(settings.pop("hz"))
     except ValueError as exc:

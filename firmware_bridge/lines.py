@@ -1,4 +1,4 @@
-"""The line protocol for quick sketches (DESIGN §5): one sample per text line.
+"""The line protocol for quick sketches (docs/firmware_bridge.md "The wire format"): one sample per text line.
 
 Two forms: keyed ``a=1.0,b=2.5`` (any order; the values are put in channel order) and bare CSV
 ``1.0,2.5`` (values in channel order). The channel names come from the caller (the agent's config).
@@ -27,7 +27,7 @@ from firmware_bridge.sanitize import printable
 
 log = logging.getLogger(__name__)
 
-# A line carries no more than a frame body does (DESIGN §5: 1024 bytes); anything longer is a
+# A line carries no more than a frame body does (docs/firmware_bridge.md: 1024 bytes); anything longer is a
 # sketch printing something other than samples, or a missing newline.
 MAX_LINE = 1024
 

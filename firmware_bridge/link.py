@@ -11,7 +11,7 @@ States and transitions (one thread drives everything through ``read_samples`` / 
   spent without the port.
 * ``close()``: any state → CLOSED.
 
-Ordering rules after every (re)open, frames protocol (DESIGN §5):
+Ordering rules after every (re)open, frames protocol (docs/firmware_bridge.md "The wire format"):
 
 1. Stale input is flushed, the decoder's partial frame and seq tracking are forgotten (counters stay).
 2. PING is sent, then CONFIG with every setting given to ``send_config`` so far.
@@ -148,7 +148,7 @@ class LinkEvent:
 
 
 class SensorLink:
-    """A reconnecting reader of one serial port speaking frames or lines (DESIGN §5).
+    """A reconnecting reader of one serial port speaking frames or lines (docs/firmware_bridge.md).
 
     One thread uses it. ``clock`` and ``sleep`` drive backoff and deadlines, ``opener`` opens the
     port (pyserial by default), ``rng`` draws the backoff jitter.

@@ -1,4 +1,4 @@
-"""The ``key=value;…`` text carried by HELLO and CONFIG payloads (DESIGN §5).
+"""The ``key=value;…`` text carried by HELLO and CONFIG payloads (docs/firmware_bridge.md "The wire format").
 
 Parsing is lenient where it costs nothing (empty items such as a trailing ``;`` are skipped, keys may
 come in any order) and strict where a mistake would be silent: a duplicate key, an item without ``=``

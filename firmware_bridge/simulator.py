@@ -1,4 +1,4 @@
-"""A virtual microcontroller on a pseudo-terminal, speaking DESIGN §5 frames or text lines.
+"""A virtual microcontroller on a pseudo-terminal, speaking frames of docs/firmware_bridge.md or text lines.
 
 The simulator owns the master side of a pty; any serial reader opens the slave path (or the stable
 ``link`` symlink). A background thread does everything, in this order on each tick:

@@ -1,4 +1,4 @@
-"""Aggregation of stored results (DESIGN §6): pure functions of data, no I/O.
+"""Aggregation of stored results (docs/collector.md "Commands reading the store"): pure functions, no I/O.
 
 * per group (device, pipe, model hash or label) and per time window: count, label counts and shares,
   score mean / min / max / p50 / p95;
@@ -7,7 +7,7 @@
 * freshness per device (last seen, online, gaps, drops) is :func:`device_online` plus the store.
 
 Windows are aligned to multiples of the window length since the epoch, on the collector's receive
-time (the device clock is advisory, DESIGN §2). Percentiles are nearest-rank.
+time (the device clock is advisory, docs/protocol.md §3). Percentiles are nearest-rank.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """``fleet cmd DEVICE NAME [k=v ...]``: send a signed command (kind 6, operator key) and print the
-device's signed reply (kind 4, verified with the device's bound key; DESIGN §2, §3).
+device's signed reply (kind 4, verified with the device's bound key; docs/protocol.md §4, §5).
 
 The command carries a random 16-byte id and an absolute expiry (``exp``, ms since the epoch) of
 now + ``--wait``: a device refuses it afterwards, and ids it has seen (replay cache). Exit 0 when the
@@ -32,7 +32,7 @@ from fleet_cli.init_cmd import HomeOption
 from fleet_cli.mqtt import Link, MqttSettings, Protocol, Received, settings_from_home
 from fleet_cli.registry import Registry
 
-COMMAND_ID_LEN = 16  # DESIGN §2 key 20: bstr16
+COMMAND_ID_LEN = 16  # docs/protocol.md §3 key 20: bstr16
 # Default time to wait for the reply; also the command's expiry.
 DEFAULT_WAIT_S = 10.0
 # More argument pairs than this is a typo, not a command.

@@ -1,6 +1,7 @@
-"""The collector: receive device messages over MQTT, verify, store, acknowledge (DESIGN §2, §3, §6).
+"""The collector: receive device messages over MQTT, verify, store, acknowledge (docs/collector.md;
+docs/protocol.md §4 to §6).
 
-Threads and hand-offs (FIELD-NOTES: one network thread, never block in a callback):
+Threads and hand-offs (docs/field-notes.md "paho-mqtt 2.x": one network thread, never block in a callback):
 
     paho network thread --on_message--> queue --> worker thread: verify, chain, batch,
                                                   commit, PUBACK, acks, republish
@@ -20,7 +21,7 @@ Threads and hand-offs (FIELD-NOTES: one network thread, never block in a callbac
   ``dev`` and kind against the topic (TOPIC_MISMATCH), then the chain (DUPLICATE, EQUIVOCATION, FORK).
   The store re-checks each candidate against stored neighbours in the commit transaction, so several
   collectors sharing one store (``--share``) agree whatever the order and split.
-* Acks (DESIGN §3) say "every seq <= N of this boot is stored": N is the store's contiguous head of
+* Acks (docs/protocol.md §5) say "every seq <= N of this boot is stored": N is the store's contiguous head of
   (dev, boot) after the commit (seqs the device itself reported dropped count as covered; seqs only
   reported missing by the reorder timeout do not, so the device keeps resending them). At most one ack
   per (dev, boot) every ``ack_interval_s``; a DUPLICATE (the device resending because an ack was lost)
@@ -109,11 +110,11 @@ log = logging.getLogger(__name__)
 # A broker can have at most 65,535 QoS 1 deliveries unacknowledged towards one client (16-bit packet
 # ids, MQTT §2.2.1), and the collector acknowledges only after storing: the queue never holds more.
 QUEUE_MAX = 65_535
-# DESIGN §6 "batched transactions": commit every 500 messages or 50 ms, whichever comes first, and
+# docs/collector.md "Acks and back-pressure": commit every 500 messages or 50 ms, whichever comes first, and
 # at once when the queue runs dry (a lone message is not kept waiting; PUBACKs wait for the commit).
 BATCH_MAX_MESSAGES = 500
 BATCH_MAX_DELAY_S = 0.05
-# A seq missing this long is reported as a GAP (DESIGN §2). Agents resend unacked results after
+# A seq missing this long is reported as a GAP (docs/protocol.md §6). Agents resend unacked results after
 # their own timeout (tens of seconds), so anything shorter reports gaps that heal moments later.
 REORDER_TIMEOUT_S = 30.0
 # At most one ack per (dev, boot) this often: with a device sending 10 results/s an ack covers ~2.

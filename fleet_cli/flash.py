@@ -1,4 +1,4 @@
-"""Provisioning bundles (DESIGN §4): what goes into ``fleet flash NAME``'s tarball, as pure functions.
+"""Provisioning bundles (docs/flash.md): what goes into ``fleet flash NAME``'s tarball, as pure functions.
 
 A bundle is a gzip'd tar with one top directory ``edgeseal-<device>/``::
 
@@ -73,7 +73,7 @@ PIPELINE_NAME = "vib"
 AGENT_DEPENDENCIES = frozenset(
     {"paho-mqtt", "blake3", "pynacl", "cbor2", "pyserial", "cobs", "numpy", "tomli"}
 )
-# tflite-runtime stopped at 2.14 and is built against numpy 1.x (FIELD-NOTES "TFLite").
+# tflite-runtime stopped at 2.14 and is built against numpy 1.x (docs/field-notes.md "TFLite runtimes").
 TFLITE_RUNTIME_REQUIREMENTS = ("tflite-runtime==2.14.*", "numpy<2")
 
 # Modes in the tar and the manifest.

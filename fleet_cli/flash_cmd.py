@@ -1,5 +1,5 @@
 """``fleet flash NAME``: build a device's provisioning bundle, install it over SSH, or put it on a boot
-partition with a cloud-init first-boot hook (DESIGN §4, docs/flash.md).
+partition with a cloud-init first-boot hook (docs/flash.md, docs/flash.md).
 
 The texts and the manifest are made by the pure :mod:`fleet_cli.flash`; this module does the I/O: it
 reads the fleet home and registry, builds the edgeseal wheel from the source tree, downloads the

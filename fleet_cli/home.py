@@ -1,6 +1,6 @@
 """The fleet home: the operator's directory holding a fleet's keys, CA, registry and ``fleet.toml``.
 
-Layout (DESIGN §4)::
+Layout (docs/fleet-home.md)::
 
     <home>/fleet.toml      fleet id, broker host/SANs/ports, default MQTT users   0644
     <home>/operator.key    Ed25519 seed signing commands (kind 6)                 0600
@@ -62,7 +62,8 @@ SYSTEM_BROKER_ROOT = Path("/var/lib/edgeseal")
 
 def home_mode() -> int:
     """0700, or 0711 when root: the broker, running as its own user, must pass through the home to
-    reach ``broker/`` (FIELD-NOTES); it cannot list the home, and every secret in it is 0600."""
+    reach ``broker/`` (docs/field-notes.md "Mosquitto"); it cannot list the home, and every secret in it
+    is 0600."""
     return 0o711 if os.geteuid() == 0 else 0o700
 
 

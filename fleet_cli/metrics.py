@@ -10,7 +10,7 @@ Exposed (all prefixed ``edgeseal_collector_``):
 * ``ingest_rate`` — gauge: accepted messages per second over the last batch interval;
 * ``batch_seconds`` — histogram: time to commit one batch to the store;
 * ``batch_size`` — histogram: messages per batch;
-* ``devices_online`` — gauge: devices whose last state is online (DESIGN §3 boot rule);
+* ``devices_online`` — gauge: devices whose last state is online (docs/protocol.md §5 boot rule);
 * ``gap_seqs_total`` — counter: seqs reported missing after the reorder timeout;
 * ``quarantine_size`` — gauge: rows in the quarantine table (the store's, whoever wrote them);
 * ``quarantine_evicted`` — gauge: quarantine rows evicted since the store was created, by the bound or

@@ -1,7 +1,7 @@
 """A small paho-mqtt 2.x client for the fleet side: connect (MQTT 5, falling back to 3.1.1), subscribe,
 publish, acknowledge.
 
-Rules from FIELD-NOTES this module keeps:
+Rules from docs/field-notes.md this module keeps:
 
 * one network thread (paho's ``loop_start``); callbacks never block: ``on_message`` hands the message
   to the caller's function, which must only enqueue it;

@@ -6,11 +6,12 @@ take the lock up front (``BEGIN IMMEDIATE``) and wait up to :data:`BUSY_TIMEOUT_
 
 Invariants:
 
-* names are edgeseal ids (DESIGN §3), so an MQTT username never holds ``+``, ``#``, ``/`` or NUL;
+* names are edgeseal ids (docs/protocol.md §5), so an MQTT username never holds ``+``, ``#``, ``/`` or NUL;
   a name is a device *or* a user, never both (they share the broker's username space);
 * a device's claim token is handed out until a key is bound (:meth:`Registry.bind_key`, called by
-  the collector on a valid first birth, DESIGN §4) and is gone afterwards; revocation removes the
-  token and the MQTT password, keeps the bound key (old results stay verifiable) and is final;
+  the collector on a valid first birth, docs/protocol.md §4 "A birth from an unbound device") and is
+  gone afterwards; revocation removes the token and the MQTT password, keeps the bound key (old results
+  stay verifiable) and is final;
 * secrets leave only through :meth:`device_credentials` / :meth:`user_credentials`; records and
   listings never carry them.
 """
@@ -373,7 +374,8 @@ class Registry:
         return None if row is None else row[0]
 
     def bind_key(self, name: str, public_key: bytes) -> DeviceRecord:
-        """Bind the device's Ed25519 key and retire its claim token (DESIGN §4).
+        """Bind the device's Ed25519 key and retire its claim token (docs/protocol.md §4 "A birth from an
+        unbound device").
 
         Idempotent for the same key (a redelivered first birth). A different key, or a device
         without a pending claim, is a :class:`ConflictError`: re-enrolment is a separate act.

@@ -1,4 +1,5 @@
-"""``fleet stats``: the aggregates of DESIGN §6 over the stored results (see :mod:`aggregate`)."""
+"""``fleet stats``: the aggregates over the stored results (see :mod:`aggregate`; docs/collector.md
+"Commands reading the store")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The collector's store (DESIGN §6): one SQLite file in WAL mode, written in batched transactions.
+"""The collector's store (docs/collector.md): one SQLite file in WAL mode, written in batched transactions.
 
 Tables:
 
@@ -6,7 +6,7 @@ Tables:
   Append-only (triggers refuse UPDATE and DELETE) and ordered by arrival (``id``): a later release
   builds an RFC 6962 Merkle log over exactly these bytes in exactly this order.
 * ``heads`` — per (dev, boot) the highest seq such that every seq up to it is stored or was dropped
-  by the device itself (a signed gap record). It is what the collector acks (DESIGN §3) and what a
+  by the device itself (a signed gap record). It is what the collector acks (docs/protocol.md §5) and what a
   restarted collector restores its chain verifier from.
 * ``devices`` — per device counters and the latest birth info / heartbeat metrics, for ``fleet status``.
 * ``keys`` — device keys seen in verified births (the registry holds the binding; this is history).
@@ -17,7 +17,7 @@ Tables:
   so they cannot drift from it, and any DELETE (the bound, or an operator by hand) counts as evicted.
 * ``gaps`` — missing seqs: ``source`` is ``device`` (a signed gap record) or ``timeout`` (still
   missing from the store after the reorder timeout).
-* ``states`` — the latest advisory ``state`` JSON of each device (DESIGN §3), unverified.
+* ``states`` — the latest advisory ``state`` JSON of each device (docs/protocol.md §5), unverified.
 
 The store is the arbiter when several collectors share it (``--share``): :meth:`Store.commit`
 re-checks every candidate against the stored neighbours (same seq: DUPLICATE / EQUIVOCATION;
@@ -25,7 +25,7 @@ re-checks every candidate against the stored neighbours (same seq: DUPLICATE / E
 outcome does not depend on which collector saw which message or in which order.
 
 The quarantine bound (a flood of rejected messages must not cost unbounded disk, and nothing may be
-lost silently, DESIGN §2 "never silently thrown away"): in the transaction that inserts rejected rows,
+lost silently, docs/protocol.md §6): in the transaction that inserts rejected rows,
 if more than ``quarantine_max`` rows are kept, the excess goes, oldest first, from the devices holding
 the most rows (levelled down together, :func:`eviction_plan`), so that one flooding device evicts its
 own rows before any other device's evidence. Evicted rows are counted per verdict in
@@ -421,9 +421,9 @@ class Store:
                     )
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            # FIELD-NOTES: NORMAL survives a killed process; acks promise "stored", and a power loss
-            # costs at most the last WAL frames, which devices still hold (never acked twice the same
-            # way: the head is written in the same transaction).
+            # docs/field-notes.md "SQLite": NORMAL survives a killed process; acks promise "stored", and a
+            # power loss costs at most the last WAL frames, which devices still hold (never acked twice the
+            # same way: the head is written in the same transaction).
             self._db = sqlite.connect(self.path, busy_timeout_s=BUSY_TIMEOUT_S, readonly=readonly)
             if not readonly:
                 sqlite.migrate(

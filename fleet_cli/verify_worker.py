@@ -1,9 +1,9 @@
 """Signature verification and strict decoding of device messages, in the collector or in a worker process.
 
-The pure part of the collector's verification (DESIGN §2): for a message on a device topic whose device
-has a bound key, open the envelope with that key (structure, kid, Ed25519 signature, strict canonical
-decoding, all by :func:`edge_protocol.envelope.open_envelope`), then check the payload against the topic
-(``dev``, kind vs channel, pipe), a birth's key against the bound one and a gap record's range. No
+The pure part of the collector's verification (docs/protocol.md §4): for a message on a device topic
+whose device has a bound key, open the envelope with that key (structure, kid, Ed25519 signature, strict
+canonical decoding, all by :func:`edge_protocol.envelope.open_envelope`), then check the payload against
+the topic (``dev``, kind vs channel, pipe), a birth's key against the bound one and a gap record's range. No
 registry, no chain, no store: those stay in the collector, which feeds the result to its chain verifier.
 
 The answer is a named tuple, so that it crosses a process boundary cheaply and reads by name:

@@ -1,4 +1,4 @@
-"""Fuzz target: opening an envelope (edge_protocol.envelope, DESIGN §2).
+"""Fuzz target: opening an envelope (edge_protocol.envelope, docs/protocol.md §2).
 
 The input is tried three ways:
 

@@ -1,4 +1,4 @@
-"""Fuzz target: the serial frame decoder and the payload decoders behind it (DESIGN §5).
+"""Fuzz target: the serial frame decoder and the payload decoders behind it (docs/firmware_bridge.md).
 
 The input is wire bytes from the microcontroller. It is fed to a :class:`FrameDecoder` whole and, to
 a second one, one byte at a time, as a serial port may deliver it; each good frame's payload goes to

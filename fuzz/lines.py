@@ -1,4 +1,4 @@
-"""Fuzz target: the text line decoder (:class:`firmware_bridge.lines.LineDecoder`, DESIGN §5).
+"""Fuzz target: the text line decoder (:class:`firmware_bridge.lines.LineDecoder`, docs/firmware_bridge.md).
 
 The input is the bytes a sketch prints. It is fed whole and one byte at a time, to a decoder that
 learns its channels from the first good line and to one configured with three channels.

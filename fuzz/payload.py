@@ -1,4 +1,4 @@
-"""Fuzz target: the payload schema (:func:`edge_protocol.payload.check_payload`, DESIGN §2).
+"""Fuzz target: the payload schema (:func:`edge_protocol.payload.check_payload`, docs/protocol.md §3).
 
 The input is decoded by cbor2's ordinary, lenient decoder, so that every value CBOR can carry reaches
 the schema: tags (as ``CBORTag``, or decoded to ``datetime``, ``Decimal``, sets...), undefined and

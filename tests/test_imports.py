@@ -1,4 +1,4 @@
-"""The import direction of DESIGN §1, pinned: who may import whom, and what must stay unloaded.
+"""The import direction of docs/design-notes.md, pinned: who may import whom, and what must stay unloaded.
 
 fleet_cli -> broker_config, edge_protocol (and firmware_bridge, lazily, for the demo's simulators:
 docs/design-notes.md); edge_agent -> firmware_bridge, edge_protocol; broker_config -> edge_protocol;

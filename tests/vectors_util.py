@@ -1,4 +1,4 @@
-"""Loading the shared test vectors (DESIGN §2, §5) from ../shared/vectors and from tests/vectors."""
+"""Loading the shared test vectors (docs/protocol.md §8, §9) from ../shared/vectors and from tests/vectors."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Run the agent's pipeline and inference tests against tflite-runtime 2.14 (issue #4 item 11).
+# Run the agent's pipeline and inference tests against tflite-runtime 2.14 (docs/agent.md "Runtimes").
 #
 # tflite-runtime stopped at 2.14 and is built against numpy 1.x, so it gets a venv of its own
 # (.venv-tflite) with numpy<2; ai-edge-litert is NOT installed there, so the agent's runtime probe

@@ -1,5 +1,5 @@
 /*
- * edgeseal serial frames for microcontrollers (DESIGN.md section 5). See edgeseal_frame.h.
+ * edgeseal serial frames for microcontrollers (docs/firmware_bridge.md "The wire format"). See edgeseal_frame.h.
  */
 #include "edgeseal_frame.h"
 

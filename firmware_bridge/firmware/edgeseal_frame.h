@@ -1,5 +1,5 @@
 /*
- * edgeseal serial frames for microcontrollers (DESIGN.md section 5).
+ * edgeseal serial frames for microcontrollers (docs/firmware_bridge.md "The wire format").
  *
  * On the wire a frame is COBS(body) 0x00 with
  *     body = type:u8 | seq:u8 | payload | crc:u32 LE
@@ -19,7 +19,7 @@
 extern "C" {
 #endif
 
-/* DESIGN section 5: a body is at most 1024 bytes. */
+/* docs/firmware_bridge.md: a body is at most 1024 bytes. */
 #define ES_MAX_BODY 1024u
 /* type:u8 + seq:u8 in front, crc:u32 behind. */
 #define ES_HEADER_LEN 2u
@@ -32,7 +32,7 @@ extern "C" {
 /* Returned by es_cobs_decode for input that is not valid COBS or does not fit. */
 #define ES_COBS_ERROR ((size_t)-1)
 
-/* Frame types (DESIGN section 5). 0x8_ travel host -> microcontroller. */
+/* Frame types (docs/firmware_bridge.md). 0x8_ travel host -> microcontroller. */
 enum es_frame_type {
     ES_HELLO = 0x01,  /* mcu -> host: "fw=NAME;ver=X;ch=a,b,c;hz=100" */
     ES_SAMPLE = 0x02, /* mcu -> host: t_us:u32 LE, then one f32 LE per channel */
@@ -65,7 +65,7 @@ size_t es_cobs_decode(const uint8_t *src, size_t len, uint8_t *dst, size_t cap);
 size_t es_frame_encode(uint8_t type, uint8_t seq, const uint8_t *payload, size_t len, uint8_t *out,
                        size_t cap);
 
-/* The sending side: seq rises by one per frame built (mod 256), as DESIGN section 5 requires. */
+/* The sending side: seq rises by one per frame built (mod 256), as docs/firmware_bridge.md requires. */
 typedef struct {
     uint8_t seq;
 } es_tx;
@@ -108,7 +108,7 @@ typedef struct {
     uint8_t seq;
     const uint8_t *payload;
     size_t payload_len;
-    /* Counters (DESIGN section 5: bad frames are dropped and counted). */
+    /* Counters (docs/firmware_bridge.md: bad frames are dropped and counted). */
     uint32_t frames;
     uint32_t cobs_errors;
     uint32_t crc_errors;

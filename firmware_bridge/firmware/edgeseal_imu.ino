@@ -1,5 +1,5 @@
 /*
- * edgeseal_imu: stream an MPU-6050 accelerometer as edgeseal frames (DESIGN.md section 5).
+ * edgeseal_imu: stream an MPU-6050 accelerometer as edgeseal frames (docs/firmware_bridge.md "The wire format").
  *
  * Wiring (3.3 V logic boards; use a level shifter or a 5 V-tolerant breakout on an Uno):
  *   MPU-6050 VCC -> 3V3, GND -> GND, SDA -> SDA (Uno A4, ESP32 GPIO21), SCL -> SCL (Uno A5, ESP32 GPIO22)

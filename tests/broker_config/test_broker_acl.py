@@ -1,4 +1,4 @@
-"""The hardened broker against a real Mosquitto started from the rendered files (issue #5).
+"""The hardened broker against a real Mosquitto started from the rendered files (docs/broker.md).
 
 One broker for the module: a fleet with five devices, the default collector and operator users and
 a viewer; TLS on a free port, plain listener on another. Non-delivery is proven with markers: every

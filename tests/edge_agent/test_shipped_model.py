@@ -2,7 +2,7 @@
 
 The accuracy is measured on windows the training never saw (a seed of their own) from the same
 generator as ``firmware-bridge simulate``, in ai-edge-litert, the int8 input quantised with the
-tensor's own scale and zero point as the agent does (DESIGN §2 key 9).
+tensor's own scale and zero point as the agent does (docs/protocol.md §3 key 9).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from firmware_bridge.profiles import CONDITIONS, GENERATOR_VERSION, VibrationPro
 pytestmark = pytest.mark.integration
 
 FILES = ("vibration_f32.tflite", "vibration_int8.tflite")
-MAX_FILE_BYTES = 100 * 1024  # issue #4 part 9: each file under 100 KB
-MIN_ACCURACY = 0.95  # issue #4 part 9
+MAX_FILE_BYTES = 100 * 1024  # docs/model.md "Retraining": each file under 100 KB
+MIN_ACCURACY = 0.95  # docs/model.md "Retraining": at least 95 % held out
 TEST_WINDOWS = 600
 TEST_SEED = 20_260_417  # neither the training seed nor the held-out seed of vibration.json
 

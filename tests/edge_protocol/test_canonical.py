@@ -1,4 +1,4 @@
-"""The fast paths of seal and open decide exactly as the plain definitions (DESIGN §2 "canonical").
+"""The fast paths of seal and open decide exactly as the plain definitions (docs/protocol.md §3).
 
 Sealing must give ``cbor2.dumps(payload, canonical=True)`` byte for byte; opening must accept a payload
 exactly when it is strict CBOR of the schema and equal to its own canonical re-encoding. Both are
@@ -240,7 +240,7 @@ def encode(value: Any, draw: Callable[[], int]) -> bytes:
 
 
 def reference_accepts(payload_bytes: bytes) -> bool:
-    """DESIGN §2 literally: strict CBOR, the schema, and equal to its own canonical re-encoding."""
+    """docs/protocol.md §3 literally: strict CBOR, the schema, and equal to its own canonical re-encoding."""
     try:
         value = cbor2.loads(payload_bytes, allow_duplicate_keys=False, allow_indefinite=False, max_depth=32)
         check_payload(value)

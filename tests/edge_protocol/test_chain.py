@@ -1,4 +1,5 @@
-"""The chain verifier as a pure state machine (DESIGN §2): verdicts, gaps, boots, restarts, any order."""
+"""The chain verifier as a pure state machine (docs/protocol.md §6): verdicts, gaps, boots, restarts, any
+order."""
 
 from __future__ import annotations
 

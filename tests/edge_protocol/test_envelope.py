@@ -1,4 +1,4 @@
-"""Envelope properties: round trips, single-bit changes, strictness, limits (DESIGN §2)."""
+"""Envelope properties: round trips, single-bit changes, strictness, limits (docs/protocol.md §2 to §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Ids and topics (DESIGN §3): valid ones round-trip, every bad kind is refused with a clear message."""
+"""Ids and topics (docs/protocol.md §5): valid ones round-trip, every bad kind is refused with a clear
+message."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Cross-check against an independent implementation of DESIGN §2 written here from the spec alone:
+"""Cross-check against an independent implementation of docs/protocol.md written here from the spec alone:
 its own canonical CBOR encoder (no cbor2), Ed25519 from `cryptography` (not PyNaCl). Its envelopes must
 open in edgeseal, edgeseal's must verify in it, byte for byte equal, and its forgeries must be refused."""
 

@@ -53,7 +53,8 @@ AGENT_STOP_S = 10.0
 
 
 def reachable(path: Path) -> None:
-    """Mosquitto started as root drops to its own user before reading its files (FIELD-NOTES)."""
+    """Mosquitto started as root drops to its own user before reading its files (docs/field-notes.md
+    "Mosquitto")."""
     if os.geteuid() != 0:
         return
     for p in (path, *path.parents):

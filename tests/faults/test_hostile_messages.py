@@ -27,7 +27,7 @@ from tests.fleet_cli._collect_sim import Msg, Publisher, SimDevice
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
 GENUINE = 200  # results per genuine device before the attack
-MAX_ENVELOPE = 64 * 1024  # DESIGN §2
+MAX_ENVELOPE = 64 * 1024  # docs/protocol.md §2
 
 # class -> (how many, verdicts that are right for it)
 PLAN: dict[str, tuple[int, frozenset[str]]] = {

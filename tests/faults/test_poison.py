@@ -70,8 +70,8 @@ PIPE = "vib"
 
 
 def forge(payload: object, signer: Signer, fleet: str) -> bytes:
-    """A COSE_Sign1 envelope of ``payload`` as DESIGN §2 lays it out (canonical CBOR, protected header
-    ``{1: -19, 4: kid}``, Ed25519 over ``["Signature1", protected, "edgeseal:v1:" + fleet, payload]``),
+    """A COSE_Sign1 envelope of ``payload`` as docs/protocol.md §2 lays it out (canonical CBOR, protected
+    header ``{1: -19, 4: kid}``, Ed25519 over ``["Signature1", protected, "edgeseal:v1:" + fleet, payload]``),
     without the schema check :func:`~edge_protocol.envelope.seal` makes: validly signed bytes of any
     content."""
     body = cbor2.dumps(payload, canonical=True)

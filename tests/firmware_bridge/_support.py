@@ -1,7 +1,7 @@
 """Helpers for the firmware_bridge tests: the frame vectors, an independent frame codec, raw ptys.
 
-The codec here is written from DESIGN §5 without importing firmware_bridge, so tests that check the
-simulator's output or feed the monitor do not test the package against itself.
+The codec here is written from docs/firmware_bridge.md without importing firmware_bridge, so tests that
+check the simulator's output or feed the monitor do not test the package against itself.
 """
 
 from __future__ import annotations
@@ -69,13 +69,13 @@ def cobs_decode(data: bytes) -> bytes | None:
 
 
 def wire(frame_type: int, seq: int, payload: bytes = b"") -> bytes:
-    """One frame on the wire, per DESIGN §5, without firmware_bridge."""
+    """One frame on the wire, per docs/firmware_bridge.md "The wire format", without firmware_bridge."""
     head = bytes((frame_type, seq)) + payload
     return cobs_encode(head + zlib.crc32(head).to_bytes(4, "little")) + b"\x00"
 
 
 def unwire(stream: bytes) -> list[tuple[int, int, bytes]]:
-    """Every good ``(type, seq, payload)`` in a byte stream, per DESIGN §5, without firmware_bridge."""
+    """Every good ``(type, seq, payload)`` in a byte stream (docs/firmware_bridge.md), without the package."""
     frames = []
     for chunk in stream.split(b"\x00"):
         body = cobs_decode(chunk) if chunk else None

@@ -40,7 +40,7 @@ def _compile(out: Path, *extra: str) -> Path:
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # a receive buffer as large as DESIGN §5 allows, so every vector can be decoded
+    # a receive buffer as large as docs/firmware_bridge.md allows, so every vector can be decoded
     return _compile(tmp_path_factory.mktemp("fw") / "harness", "-DES_RX_MAX_BODY=1024u")
 
 

@@ -1,4 +1,4 @@
-"""firmware_bridge.frames against DESIGN §5 and ../shared/vectors/frames.json."""
+"""firmware_bridge.frames against docs/firmware_bridge.md and ../shared/vectors/frames.json."""
 
 from __future__ import annotations
 

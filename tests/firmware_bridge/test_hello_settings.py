@@ -1,4 +1,4 @@
-"""HELLO parsing and the key=value;… settings text (DESIGN §5)."""
+"""HELLO parsing and the key=value;… settings text (docs/firmware_bridge.md "The wire format")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The line protocol (DESIGN §5): keyed and bare CSV lines, bad lines counted and skipped."""
+"""The line protocol (docs/firmware_bridge.md): keyed and bare CSV lines, bad lines counted and skipped."""
 
 from __future__ import annotations
 

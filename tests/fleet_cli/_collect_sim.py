@@ -45,7 +45,7 @@ class Msg:
 
 
 class SimDevice:
-    """A device's signing side: boot counter, seq, prev chain, as DESIGN §2 fixes them."""
+    """A device's signing side: boot counter, seq, prev chain, as docs/protocol.md §6 fixes them."""
 
     def __init__(self, fleet: str, dev: str, claim_token: bytes | None, signer: Signer | None = None) -> None:
         self.fleet = fleet

@@ -59,7 +59,7 @@ def test_sparkline_and_online_rule() -> None:
     assert device_online(None, 3) == "unknown"
     assert device_online({"state": "online", "boot": 3}, 3) == "online"
     assert device_online({"state": "offline", "boot": 3}, 3) == "offline"
-    # DESIGN §3: a Will from an earlier boot arriving after the new birth does not count
+    # docs/protocol.md §5: a Will from an earlier boot arriving after the new birth does not count
     assert device_online({"state": "offline", "boot": 2}, 3) == "online"
 
 

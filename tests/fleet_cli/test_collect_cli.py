@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _reachable(path: Path) -> None:
-    """Mosquitto started as root drops to its own user before reading its files (FIELD-NOTES)."""
+    """Mosquitto started as root drops to its own user before reading its files (docs/field-notes.md
+    "Mosquitto")."""
     if os.geteuid() == 0:
         for p in (path, *path.parents):
             if p == Path("/"):
