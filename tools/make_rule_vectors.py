@@ -264,10 +264,10 @@ def build() -> dict[str, Any]:
     ints = "docs/protocol.md §3 Integers"
     depth = "docs/protocol.md §3 Nesting"
     texts = "docs/protocol.md §3 Text, null and other simple values"
-    heads = "docs/protocol.md §2 (payload length)"
+    heads = "docs/protocol.md §2 (the payload's length header)"
     sig = "docs/protocol.md §1 Ed25519 strictness"
     roles = "docs/protocol.md §4 Which key verifies which kind"
-    gaps = "docs/protocol.md §3 Types of the nested maps (gap)"
+    gaps = "docs/protocol.md §3 The nested maps (gap)"
     key63 = "é" * 31 + "a"  # 63 bytes, 32 characters
     key64 = "é" * 32  # 64 bytes, 32 characters
     wide_out = {"label": "ok", "values": [0.25] * 60}
