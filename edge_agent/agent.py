@@ -40,6 +40,7 @@ from edge_agent.heartbeat import CpuMeter, link_metrics, system_metrics
 from edge_agent.identity import OUTBOX_FILE, ensure_state_dir, load_or_create_key, next_boot, read_claim_token
 from edge_agent.outbox import Draft, Entry, Outbox
 from edge_agent.pipeline import Pipeline, SampleSource, build_engine
+from edge_protocol.commands import PIPE_ARG, CommandName
 from edge_protocol.envelope import EnvelopeError
 from edge_protocol.keys import Verifier, claim_tag
 from edge_protocol.payload import Key, Kind
@@ -396,23 +397,23 @@ class Agent:
         return False
 
     def _run_command(self, name: str, args: dict[str, Any] | Any) -> dict[str, Any]:
-        if name == "ping":
+        if name == CommandName.PING:
             return {"ok": True, "pong": time.time_ns() // 1_000_000}
-        if name == "status":
+        if name == CommandName.STATUS:
             return self.status()
-        if name in ("pause", "resume"):
-            pipe = args.get("pipe") if isinstance(args, dict) else None
+        if name in (CommandName.PAUSE, CommandName.RESUME):
+            pipe = args.get(PIPE_ARG) if isinstance(args, dict) else None
             targets = list(self._pipelines.values()) if pipe is None else [self._pipelines.get(str(pipe))]
             if any(t is None for t in targets):
                 return error_reply("unknown pipeline", pipe=str(pipe)[:63])
             for t in targets:
                 assert t is not None
-                (t.paused.set if name == "pause" else t.paused.clear)()
+                (t.paused.set if name == CommandName.PAUSE else t.paused.clear)()
             return {
                 "ok": True,
                 "paused": sorted(p.name for p in self._pipelines.values() if p.paused.is_set()),
             }
-        if name == "reload":
+        if name == CommandName.RELOAD:
             return self._reload()
         return error_reply("unknown command", cmd=name[:63], known=list(BUILTINS))
 

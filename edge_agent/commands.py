@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from edge_agent.outbox import MAX_REPLAY_IDS, Draft
+from edge_protocol.commands import CommandName
 from edge_protocol.envelope import EnvelopeError, open_envelope
 from edge_protocol.keys import Verifier
 from edge_protocol.payload import Key, Kind
@@ -42,7 +43,8 @@ MAX_COMMAND_TTL_S = 24 * 3600
 # Clock skew tolerated between the operator and the device (NTP-synced Pis are within ~1 s; a Pi
 # without RTC right after boot may be off more: then exp checks fail, which is the safe side).
 CLOCK_SKEW_MS = 5_000
-BUILTINS = ("ping", "status", "reload", "pause", "resume")
+# The names a device answers (edge_protocol.commands), as its "unknown command" reply lists them.
+BUILTINS = tuple(name.value for name in CommandName)
 
 
 # Signed error replies to refused commands (expired, too far ahead, cache full): a token bucket of this

@@ -8,7 +8,6 @@ reply says ``ok``, 1 on a refusal or when no valid reply arrives in time.
 
 from __future__ import annotations
 
-import enum
 import json
 import math
 import queue
@@ -20,6 +19,7 @@ from typing import Annotated, Any
 
 import typer
 
+from edge_protocol.commands import CommandName, describe
 from edge_protocol.envelope import EnvelopeError, Opened, open_envelope, seal
 from edge_protocol.errors import InvalidId
 from edge_protocol.ids import validate_id
@@ -42,17 +42,6 @@ SHOWN_ARG_CHARS = 40
 _INT = re.compile(r"[-+]?[0-9]+")
 _DECIMAL = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 _NON_FINITE = re.compile(r"[-+]?(?:nan|inf|infinity)", re.IGNORECASE)
-
-
-class CommandName(str, enum.Enum):
-    PING = "ping"
-    STATUS = "status"
-    RELOAD = "reload"
-    PAUSE = "pause"
-    RESUME = "resume"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 def parse_args(pairs: list[str]) -> dict[str, Any]:
@@ -183,7 +172,7 @@ def send_command(
 
 def cmd(
     device: Annotated[str, typer.Argument(help="Device id.")],
-    name: Annotated[CommandName, typer.Argument(help="Command.")],
+    name: Annotated[CommandName, typer.Argument(help=f"Command: {describe()}.")],
     args: Annotated[list[str] | None, typer.Argument(help="Arguments KEY=VALUE.")] = None,
     *,
     home: HomeOption = None,
