@@ -82,6 +82,13 @@ def _fail(message: str, hint: str | None, code: int) -> int:
     return code
 
 
+def _is_bridge_error(e: BaseException) -> bool:
+    """Whether ``e`` is a firmware_bridge error (the demo's simulators). firmware_bridge loads only
+    when a command uses it, so ``fleet --help`` stays light; an error of it cannot exist before."""
+    errors = sys.modules.get("firmware_bridge.errors")
+    return errors is not None and isinstance(e, errors.BridgeError)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fleet`` console script."""
     debug = os.environ.get("EDGESEAL_DEBUG") == "1"
@@ -95,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(e), e.hint, e.exit_code)
     except (BrokerError, ProtocolError) as e:
         if debug or _VERBOSE:
+            raise
+        return _fail(str(e), getattr(e, "hint", None), 1)
+    except Exception as e:
+        if debug or _VERBOSE or not _is_bridge_error(e):
             raise
         return _fail(str(e), getattr(e, "hint", None), 1)
     except KeyboardInterrupt:

@@ -111,3 +111,21 @@ def test_demo_usage_errors(args: list[str], needle: str) -> None:
     assert "Traceback" not in proc.stderr
     # the embedded broker reports an exception that escaped amqtt as one warning line; there must be none
     assert "internal amqtt error" not in proc.stderr, proc.stderr[-3000:]
+
+
+def test_demo_bridge_error_is_one_line(tmp_path: Path) -> None:
+    """A firmware_bridge error (here the simulator's: its pty link path is taken) is printed by
+    fleet's main as an error line with its hint, exit 1, like every other package's error."""
+    workdir = tmp_path / "demo"
+    workdir.mkdir()
+    (workdir / "tty-dev-01").write_text("not a pty link\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "fleet_cli", "demo", "--json", "--devices", "1", "--duration", "5",
+         "--broker", "embedded", "--workdir", str(workdir)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert f"error: {workdir / 'tty-dev-01'} exists and is not a symlink" in proc.stderr
+    assert "hint: " in proc.stderr
+    assert _no_agents_left(workdir)
