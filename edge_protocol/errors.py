@@ -28,3 +28,8 @@ class InvalidTopic(ProtocolError, ValueError):
 
 class KeyFileError(ProtocolError):
     """A key file that cannot be read, has the wrong form, or is readable by others."""
+
+
+class TlogError(ProtocolError):
+    """A transparency-log value that is wrong: a proof, checkpoint, signed note, key or tile that does
+    not parse or does not verify (edge_protocol.tlog). The message names what is wrong."""
