@@ -218,6 +218,14 @@ class Demo:
         self._lock = threading.Lock()
         self._broker_tmp: Path | None = None
 
+    @property
+    def store_path(self) -> Path:
+        """The collector's store, where ``fleet collect`` keeps it in the demo's fleet home: after
+        ``--keep``, ``fleet status --home WORKDIR/fleet`` and the other commands find it (after setup)."""
+        from fleet_cli.store import default_store_path
+
+        return default_store_path(self.home.root)
+
     # -- set-up ---------------------------------------------------------------------------
     def _event(self, text: str) -> None:
         log.info("%s", text)
@@ -299,8 +307,8 @@ class Demo:
         self._event(f"Mosquitto with the rendered hardened config (TLS, ACL per device) on port {tls_port}")
 
     def _start_simulators(self) -> None:
-        from firmware_bridge.faults import FaultConfig
-        from firmware_bridge.simulator import Simulator
+        from firmware_bridge.sim.faults import FaultConfig
+        from firmware_bridge.sim.simulator import Simulator
 
         for i, s in enumerate(self.scripts):
             sim = Simulator(

@@ -29,7 +29,7 @@ def start_collector(demo: Demo) -> Collector:
         username, password = creds.username, creds.password
     config = CollectorConfig(
         fleet=demo.home.fleet,
-        store_path=demo.workdir / "fleet-store.sqlite",
+        store_path=demo.store_path,
         host=mqtt["host"],
         port=mqtt["port"],
         username=username,
@@ -47,8 +47,7 @@ def start_collector(demo: Demo) -> Collector:
 
 
 def _store(demo: Demo) -> sqlite3.Connection:
-    path = demo.workdir / "fleet-store.sqlite"
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0, check_same_thread=False)
+    conn = sqlite3.connect(f"file:{demo.store_path}?mode=ro", uri=True, timeout=1.0, check_same_thread=False)
     conn.execute("PRAGMA query_only = 1")
     return conn
 

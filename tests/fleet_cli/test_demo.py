@@ -129,3 +129,35 @@ def test_demo_bridge_error_is_one_line(tmp_path: Path) -> None:
     assert f"error: {workdir / 'tty-dev-01'} exists and is not a symlink" in proc.stderr
     assert "hint: " in proc.stderr
     assert _no_agents_left(workdir)
+
+
+def test_demo_keep_leaves_a_fleet_home_every_command_reads(tmp_path: Path) -> None:
+    """After `fleet demo --keep --workdir W`, `--home W/fleet` is enough: the store is where
+    `fleet collect` keeps it (fleet_cli.store.default_store_path), not beside the fleet home."""
+    workdir = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fleet_cli", "demo", "--json", "--devices", "1", "--duration", "8",
+         "--broker", "embedded", "--no-attack", "--keep", "--workdir", str(workdir)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    accepted = json.loads(proc.stdout.strip().splitlines()[-1])["accepted"]
+    assert accepted > 0
+    assert _no_agents_left(workdir)
+    home = workdir / "fleet"
+
+    def fleet(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "fleet_cli", *args, "--home", str(home)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    status = json.loads(fleet("status", "--json"))
+    assert [(d["dev"], d["registry"]) for d in status["devices"]] == [("dev-01", "enrolled")]
+    assert status["devices"][0]["accepted"] >= accepted
+    records = [json.loads(line) for line in fleet("export").splitlines()]
+    assert len(records) >= accepted  # every stored message (births, results, heartbeats)
+    assert {r["dev"] for r in records if r["kind"] == "result"} == {"dev-01"}
+    assert json.loads(fleet("stats", "--json"))
