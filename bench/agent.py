@@ -339,7 +339,7 @@ def agent_process(tmp: Path, port: int, python: str, runtime: str) -> dict[str, 
     """RSS and time to first result of a real ``edge-agent run`` process over a pty simulator."""
     if not Path(python).exists():
         return None
-    from firmware_bridge.simulator import Simulator
+    from firmware_bridge.sim.simulator import Simulator
 
     with Simulator(profile="vibration", hz=400, seed=3) as sim:
         state = tmp / f"state-{runtime}"

@@ -41,8 +41,8 @@ import zlib
 import instructions  # type: ignore[import-not-found]
 from cobs import cobs
 
-from firmware_bridge.faults import FaultConfig, FaultInjector
 from firmware_bridge.frames import FrameDecoder, FrameType, decode_sample, encode_frame
+from firmware_bridge.sim.faults import FaultConfig, FaultInjector
 
 BAUD = 921_600
 # 8N1: a start bit, 8 data bits, a stop bit.

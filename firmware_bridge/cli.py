@@ -195,8 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from firmware_bridge.faults import FaultConfig
-    from firmware_bridge.simulator import Simulator
+    from firmware_bridge.sim.faults import FaultConfig
+    from firmware_bridge.sim.simulator import Simulator
 
     schedule = list(args.schedule)
     if args.condition:

@@ -6,7 +6,7 @@ Needs TensorFlow (tools/requirements-train.txt), in its own venv; nothing else i
 Steps, all seeded so a rerun with the same TensorFlow writes the same files:
 
 1. Generate ``--samples`` training windows (10 % of them for validation) with
-   ``firmware_bridge.profiles.vibration_windows`` — the generator behind ``firmware-bridge simulate``
+   ``firmware_bridge.sim.profiles.vibration_windows`` — the generator behind ``firmware-bridge simulate``
    — at 400 Hz, 128 samples, 3 axes in g.
 2. Train a small Conv1D network. Normalisation (per-axis mean / standard deviation of the training
    windows) is a fixed layer inside the model, so the agent feeds raw g.
@@ -40,7 +40,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import numpy as np  # noqa: E402
 
-from firmware_bridge.profiles import CONDITIONS, GENERATOR_VERSION, VibrationProfile, vibration_windows  # noqa: E402
+from firmware_bridge.sim.profiles import CONDITIONS, GENERATOR_VERSION, VibrationProfile, vibration_windows  # noqa: E402
 
 HZ = 400.0  # the simulator's default rate
 WINDOW = 128  # 0.32 s: 6-16 shaft revolutions at 1200-3000 rpm
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             "epochs": args.epochs,
             "normalisation": {"mean": [float(v) for v in mean], "std": [float(v) for v in std]},
             "tensorflow": tf.__version__,
-            "generator": "firmware_bridge.profiles.vibration_windows",
+            "generator": "firmware_bridge.sim.profiles.vibration_windows",
             "generator_version": GENERATOR_VERSION,
         },
         "evaluation": {"seed": eval_seed, "samples": args.eval_samples, "runtime": "ai-edge-litert"},

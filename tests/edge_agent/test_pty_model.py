@@ -21,7 +21,7 @@ from edge_agent.agent import Agent
 from edge_agent.config import load_config, shipped_model
 from edge_agent.pipeline import config_hash
 from edge_protocol.payload import Key, Kind
-from firmware_bridge.simulator import Simulator
+from firmware_bridge.sim.simulator import Simulator
 from tests.conftest import Broker
 from tests.edge_agent.helpers import Collector, config_text, unique_fleet
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from edge_agent.config import shipped_model
-from firmware_bridge.profiles import CONDITIONS, GENERATOR_VERSION, VibrationProfile, vibration_windows
+from firmware_bridge.sim.profiles import CONDITIONS, GENERATOR_VERSION, VibrationProfile, vibration_windows
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ the test left it in:
 * a private Mosquitto with persistence (``autosave_interval 1``) on a fixed free port, so it can be
   SIGKILLed and restarted on the same port (:meth:`Rig.kill_broker`, :meth:`Rig.start_broker`);
 * a fleet home (:func:`fleet_cli.home.init_fleet`) and its registry with N devices and claim tokens;
-* N virtual IMUs (:class:`firmware_bridge.simulator.Simulator`, 1000 Hz, a stable symlink per device);
+* N virtual IMUs (:class:`firmware_bridge.sim.simulator.Simulator`, 1000 Hz, a stable symlink per device);
 * N real ``edge-agent run`` processes with the shipped int8 model and fast timers (resend, backoff);
 * the real collector, in process (:class:`fleet_cli.collector.Collector`) or as a ``fleet collect``
   process (:class:`CollectProcess`).
@@ -34,8 +34,8 @@ from broker_config.runner import MosquittoProcess, free_port
 from edge_protocol.envelope import decode_unverified
 from edge_protocol.keys import read_private_key
 from edge_protocol.payload import Key
-from firmware_bridge.faults import FaultConfig
-from firmware_bridge.simulator import Simulator
+from firmware_bridge.sim.faults import FaultConfig
+from firmware_bridge.sim.simulator import Simulator
 from fleet_cli.collector import Collector, CollectorConfig
 from fleet_cli.home import FleetHome, init_fleet
 from fleet_cli.mqtt import Protocol

@@ -22,10 +22,10 @@ from edge_agent.agent import Agent, open_link
 from edge_agent.config import PipelineConfig, load_config
 from edge_protocol.envelope import decode_unverified
 from edge_protocol.payload import Key
-from firmware_bridge.faults import FaultConfig
 from firmware_bridge.frames import FrameType
 from firmware_bridge.samples import Sample
-from firmware_bridge.simulator import Simulator
+from firmware_bridge.sim.faults import FaultConfig
+from firmware_bridge.sim.simulator import Simulator
 from tests.faults.harness import WINDOW, AgentOptions, Rig, audit, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]

@@ -13,7 +13,7 @@ import pytest
 from firmware_bridge.frames import FrameType
 from firmware_bridge.link import EventKind, SensorLink
 from firmware_bridge.samples import Sample
-from firmware_bridge.simulator import Simulator
+from firmware_bridge.sim.simulator import Simulator
 from tests.firmware_bridge._support import raw_pty, unwire, wire
 
 pytestmark = pytest.mark.integration
@@ -86,7 +86,7 @@ def test_link_survives_unplug_and_replug(sim: Simulator) -> None:
 
 
 def test_link_survives_periodic_disconnect_faults(tmp_path: Path) -> None:
-    from firmware_bridge.faults import FaultConfig
+    from firmware_bridge.sim.faults import FaultConfig
 
     faults = FaultConfig(disconnect_every_s=0.4, disconnect_for_s=0.2)
     with (

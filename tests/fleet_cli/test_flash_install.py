@@ -185,7 +185,7 @@ def _collector(home: FleetHome, store: Path) -> Iterator[Collector]:
 def test_offline_bundle_installs_without_network_and_the_agent_enrols_and_verifies(
     built: Built, tmp_path: Path
 ) -> None:
-    from firmware_bridge.simulator import Simulator
+    from firmware_bridge.sim.simulator import Simulator
 
     bundle_dir = _unpack(built.bundle, tmp_path / "unpacked")
     manifest = _manifest(bundle_dir)

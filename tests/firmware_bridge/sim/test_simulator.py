@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from firmware_bridge.errors import ConfigError, SimulatorError
-from firmware_bridge.faults import GARBAGE_MAX_LEN, FaultConfig, FaultInjector
-from firmware_bridge.simulator import HZ_LIMITS, TX_QUEUE_MAX, Simulator
+from firmware_bridge.sim.faults import GARBAGE_MAX_LEN, FaultConfig, FaultInjector
+from firmware_bridge.sim.simulator import HZ_LIMITS, TX_QUEUE_MAX, Simulator
 from tests.firmware_bridge._support import read_until, unwire, wire
 
 HELLO, SAMPLE, LOG, ERROR, PING, CONFIG = 0x01, 0x02, 0x03, 0x04, 0x81, 0x82
@@ -284,7 +284,7 @@ def test_a_reader_that_stalls_costs_whole_frames_not_memory(sim_factory: list[Si
 
 
 def test_fault_duration_limit() -> None:
-    from firmware_bridge.faults import MAX_DISCONNECT_S
+    from firmware_bridge.sim.faults import MAX_DISCONNECT_S
 
     assert FaultConfig(disconnect_for_s=MAX_DISCONNECT_S).disconnect_for_s == MAX_DISCONNECT_S
     with pytest.raises(ConfigError):

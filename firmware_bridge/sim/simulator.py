@@ -37,7 +37,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Literal
 
 from firmware_bridge.errors import BridgeError, ConfigError, SimulatorError
-from firmware_bridge.faults import FaultConfig, FaultInjector
 from firmware_bridge.frames import (
     SEQ_MODULUS,
     T_US_MODULUS,
@@ -49,9 +48,10 @@ from firmware_bridge.frames import (
 )
 from firmware_bridge.hello import Hello, format_hz
 from firmware_bridge.settings import parse_settings
+from firmware_bridge.sim.faults import FaultConfig, FaultInjector
 
 if TYPE_CHECKING:
-    from firmware_bridge.profiles import Profile
+    from firmware_bridge.sim.profiles import Profile
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +93,13 @@ _Command = _Unplug | _SetCondition
 
 
 def _profiles() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    from firmware_bridge.profiles import CONDITIONS, PROFILE_NAMES
+    from firmware_bridge.sim.profiles import CONDITIONS, PROFILE_NAMES
 
     return tuple(PROFILE_NAMES), tuple(CONDITIONS)
 
 
 def _make_profile(name: str, hz: float | None, seed: int | None) -> Profile:
-    from firmware_bridge.profiles import make_profile
+    from firmware_bridge.sim.profiles import make_profile
 
     return make_profile(name, hz=hz, seed=seed)
 

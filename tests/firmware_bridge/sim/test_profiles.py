@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from firmware_bridge import profiles
 from firmware_bridge.errors import BridgeError
-from firmware_bridge.profiles import (
+from firmware_bridge.sim import profiles
+from firmware_bridge.sim.profiles import (
     CONDITIONS,
     ENVIRONMENT_HZ,
     PROFILE_NAMES,
@@ -70,7 +70,7 @@ def test_unknown_profile_is_a_value_error_and_a_bridge_error() -> None:
 
 
 def test_import_does_not_load_numpy() -> None:
-    code = "import sys, firmware_bridge.profiles; sys.exit('numpy' in sys.modules)"
+    code = "import sys, firmware_bridge.sim.profiles; sys.exit('numpy' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
