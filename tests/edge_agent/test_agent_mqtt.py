@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from tests.edge_agent.helpers import (
 )
 
 pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Rig:
@@ -240,6 +242,13 @@ def test_heartbeat(rig_factory: Any) -> None:
     for k in ("cpu", "rss_mb", "outbox_depth", "outbox_bytes", "lat_p50_us", "lat_p95_us", "drops", "links"):
         assert k in m, k
     assert m["rss_mb"] > 0
+    # docs/agent.md "Heartbeats" names every metric and counts them (temp_c and disk_free_mb may be
+    # absent on a machine without them)
+    section = (ROOT / "docs" / "agent.md").read_text().split("## Heartbeats (")[1].split("\n## ")[0]
+    documented = set(re.findall(r"`(\w+)(?:`|:)", section))
+    assert int(section.split(" metrics")[0]) == len(documented)
+    assert set(m) <= documented
+    assert documented - set(m) <= {"temp_c", "disk_free_mb"}
 
 
 def test_falls_back_to_mqtt_311_and_reconnects_cleanly(tmp_path: Path) -> None:
