@@ -421,10 +421,16 @@ class Store:
                     )
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            # docs/field-notes.md "SQLite": NORMAL survives a killed process; acks promise "stored", and a
-            # power loss costs at most the last WAL frames, which devices still hold (never acked twice the
-            # same way: the head is written in the same transaction).
-            self._db = sqlite.connect(self.path, busy_timeout_s=BUSY_TIMEOUT_S, readonly=readonly)
+            # docs/field-notes.md "SQLite": FULL, because the collector acks a batch right after its
+            # commit and a device deletes what is acked: NORMAL survives a killed process but a power
+            # loss may take the last commits, which the devices would no longer hold. FULL makes every
+            # commit wait for the disk (one fsync of the WAL per batch, not per message).
+            self._db = sqlite.connect(
+                self.path,
+                busy_timeout_s=BUSY_TIMEOUT_S,
+                readonly=readonly,
+                synchronous=sqlite.Synchronous.FULL,
+            )
             if not readonly:
                 sqlite.migrate(
                     self._db,
