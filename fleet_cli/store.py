@@ -832,15 +832,16 @@ class Store:
 
 def _check(c: Candidate, known: dict[int, tuple[bytes, bytes]]) -> tuple[Verdict | None, str]:
     """A candidate against its stored neighbours (``known``: seq -> (msg_id, prev) of its (dev, boot)),
-    looked at in seq order, the first disagreement deciding."""
-    before = known.get(c.seq - 1)
-    if before is not None and before[0] != c.prev:
-        return Verdict.FORK, f"prev does not match the stored message at seq {c.seq - 1}"
+    in the chain verifier's order (edge_protocol/chain.py), so that a collector sharing the store reaches
+    the same verdict: its own seq first (DUPLICATE, EQUIVOCATION), then seq - 1 and seq + 1 (FORK)."""
     same = known.get(c.seq)
     if same is not None:
         if same[0] == c.msg_id:
             return Verdict.DUPLICATE, "already stored"
         return Verdict.EQUIVOCATION, f"boot {c.boot} seq {c.seq} is stored with another msg_id"
+    before = known.get(c.seq - 1)
+    if before is not None and before[0] != c.prev:
+        return Verdict.FORK, f"prev does not match the stored message at seq {c.seq - 1}"
     after = known.get(c.seq + 1)
     if after is not None and after[1] != c.msg_id:
         return Verdict.FORK, f"the stored message at seq {c.seq + 1} names another prev"

@@ -215,3 +215,17 @@ def test_one_field_order_from_the_verify_answer_to_the_insert() -> None:
     assert Candidate._fields[3:] == Verified._fields
     columns = store_mod.INSERT_MESSAGE.split("(")[1].split(")")[0].replace(" ", "").split(",")
     assert tuple(columns) == Candidate._fields[: store_mod.MESSAGE_COLUMNS]
+
+
+def test_the_store_and_the_chain_verifier_name_the_same_verdict() -> None:
+    """A message that both equivocates (its seq is stored with another msg_id) and forks (its prev is not
+    the stored seq - 1) is EQUIVOCATION in both, whichever collector of a shared store sees it."""
+    from edge_protocol.chain import ChainVerifier, Link
+
+    i = ids(4)
+    chain = ChainVerifier()
+    for seq, mid, prev in ((0, i[0], bytes(32)), (1, i[1], i[0])):
+        assert chain.observe(Link("d", 1, seq, prev, mid), 0.0).verdict is Verdict.ACCEPTED
+    both = cand(1, i[2], i[3])  # seq 1 again, another msg_id, and a prev that is not seq 0's
+    verdict, _ = store_mod._check(both, {0: (i[0], bytes(32)), 1: (i[1], i[0])})
+    assert verdict is chain.observe(Link("d", 1, 1, i[3], i[2]), 0.0).verdict is Verdict.EQUIVOCATION
