@@ -16,20 +16,20 @@ import typer
 
 from broker_config.errors import BrokerError
 from edge_protocol.errors import ProtocolError
-from fleet_cli import (
-    broker_cmd,
-    cmd_cmd,
-    collect_cmd,
-    demo_cmd,
-    device_cmd,
-    export_cmd,
-    flash_cmd,
-    init_cmd,
-    inspect_cmd,
-    stats_cmd,
-    status_cmd,
-    user_cmd,
-    watch_cmd,
+from fleet_cli import flash_cmd
+from fleet_cli.commands import (
+    broker,
+    cmd,
+    collect,
+    demo,
+    device,
+    export,
+    init,
+    inspect,
+    stats,
+    status,
+    user,
+    watch,
 )
 from fleet_cli.errors import FleetError
 from fleet_cli.terminal import escape
@@ -41,19 +41,19 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-app.command("inspect")(inspect_cmd.inspect)
-app.command("init")(init_cmd.init)
-app.command("collect")(collect_cmd.collect)
-app.command("watch")(watch_cmd.watch)
-app.command("status")(status_cmd.status)
-app.command("stats")(stats_cmd.stats)
-app.command("export")(export_cmd.export)
-app.command("cmd")(cmd_cmd.cmd)
-app.command("demo")(demo_cmd.demo)
+app.command("inspect")(inspect.inspect)
+app.command("init")(init.init)
+app.command("collect")(collect.collect)
+app.command("watch")(watch.watch)
+app.command("status")(status.status)
+app.command("stats")(stats.stats)
+app.command("export")(export.export)
+app.command("cmd")(cmd.cmd)
+app.command("demo")(demo.demo)
 app.command("flash")(flash_cmd.flash_cmd)
-app.add_typer(device_cmd.app, name="device")
-app.add_typer(user_cmd.app, name="user")
-app.add_typer(broker_cmd.app, name="broker")
+app.add_typer(device.app, name="device")
+app.add_typer(user.app, name="user")
+app.add_typer(broker.app, name="broker")
 
 _VERBOSE = False
 

@@ -17,7 +17,6 @@ import datetime as dt
 import fnmatch
 import hashlib
 import importlib.metadata
-import importlib.util
 import json
 import logging
 import os
@@ -37,10 +36,10 @@ from typing import Annotated, Protocol
 import typer
 
 from edge_protocol.keys import atomic_write, read_private_key
-from fleet_cli import flash
+from fleet_cli import flash, shipped_model
 from fleet_cli.errors import FleetError, UsageError
 from fleet_cli.home import FleetHome
-from fleet_cli.init_cmd import HomeOption
+from fleet_cli.options import HomeOption
 from fleet_cli.registry import Registry
 
 if sys.version_info >= (3, 11):
@@ -212,14 +211,6 @@ class Bundle:
     contents: Mapping[str, str] = field(default_factory=dict, repr=False)  # path -> SHA-256, all files
 
 
-def _models_dir() -> Path:
-    """The shipped models, found without importing edge_agent (fleet_cli must not import it)."""
-    spec = importlib.util.find_spec("edge_agent")
-    if spec is None or not spec.submodule_search_locations:
-        raise BundleError("the edge_agent package is not installed: no model to ship")
-    return Path(next(iter(spec.submodule_search_locations))) / "models"
-
-
 def _read(path: Path, what: str) -> bytes:
     try:
         return path.read_bytes()
@@ -245,8 +236,8 @@ def bundle_files(
         creds = reg.device_credentials(options.device)
     operator = read_private_key(home.operator_key).public_key.hex()
     collector = read_private_key(home.collector_key).public_key.hex()
-    models = _models_dir()
-    info = json.loads(_read(models / "vibration.json", "the model description"))
+    models = shipped_model.models_dir()
+    facts = shipped_model.read_facts(models)
     settings = flash.AgentSettings(
         device=options.device,
         fleet=home.fleet,
@@ -256,10 +247,10 @@ def bundle_files(
         collector_keys=(collector,),
         serial_port=options.serial_port,
         baud=options.baud,
-        labels=tuple(info["labels"]),
-        channels=tuple(info["channels"]),
-        window=int(info["window"]),
-        hop=int(info["hop"]),
+        labels=facts.labels,
+        channels=facts.channels,
+        window=facts.window,
+        hop=facts.hop,
         claim=creds.claim_token is not None,
     )
     requirements = flash.agent_requirements(importlib.metadata.requires(DISTRIBUTION) or [], options.runtime)
@@ -739,8 +730,12 @@ def flash_cmd(
         Path | None, typer.Option("--bundle", help="Write the bundle to this .tar.gz file.")
     ] = None,
     platform_: Annotated[
-        flash.Arch, typer.Option("--platform", help="Which machines the wheels are for.")
-    ] = flash.Arch.HOST,
+        str,
+        typer.Option(
+            "--platform",
+            help="Which machines the wheels are for: host, linux-aarch64 or linux-x86_64 (64-bit only).",
+        ),
+    ] = flash.Arch.HOST.value,
     python: Annotated[
         str,
         typer.Option(
@@ -803,12 +798,12 @@ def flash_cmd(
     home: HomeOption = None,
 ) -> None:
     """Build a device's provisioning bundle; install it over SSH or onto a Raspberry Pi boot partition."""
-    fleet = FleetHome.load(home)
     target = flash.Target(
-        arch=platform_,
+        arch=flash.parse_arch(platform_),
         python=flash.parse_version(python, "python"),
         glibc=flash.parse_version(glibc, "glibc"),
     )
+    fleet = FleetHome.load(home)
     options = BundleOptions(
         device=name,
         target=target,

@@ -1,4 +1,4 @@
-"""Fuzz target: ``fleet inspect`` reading its input (:mod:`fleet_cli.inspect_cmd`).
+"""Fuzz target: ``fleet inspect`` reading its input (:mod:`fleet_cli.commands.inspect`).
 
 The input is what ``fleet inspect`` reads from a file or standard input: a line of
 ``fleet export --format jsonl`` (``{"fleet": …, "cose": "<base64>"}``), raw envelope bytes, or hex
@@ -26,8 +26,8 @@ import zlib
 
 import typer
 
+from fleet_cli.commands.inspect import inspect
 from fleet_cli.errors import FleetError
-from fleet_cli.inspect_cmd import inspect
 
 HUMAN_EVERY = 8
 # The signer of tests/vectors/envelope.json (dev-01) and its fleet.

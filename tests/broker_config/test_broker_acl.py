@@ -24,7 +24,7 @@ from broker_config.runner import MosquittoProcess
 from broker_config.tls import generate_ca
 from edge_protocol.topics import fleet_prefix
 from fleet_cli.app import main
-from fleet_cli.broker_cmd import render_broker
+from fleet_cli.broker import render_broker
 from fleet_cli.home import FleetHome
 from fleet_cli.registry import Registry
 from tests.broker_config._helpers import Peer, Refused, make_fleet

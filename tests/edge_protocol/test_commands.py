@@ -15,7 +15,7 @@ def test_vocabulary() -> None:
 
 def test_fleet_cmd_and_the_agent_use_it() -> None:
     from edge_agent.commands import BUILTINS
-    from fleet_cli import cmd_cmd
+    from fleet_cli.commands import cmd as cmd_cmd
 
     assert tuple(c.value for c in CommandName) == BUILTINS  # the agent's "unknown command" reply lists these
     assert cmd_cmd.CommandName is CommandName  # the names `fleet cmd` accepts

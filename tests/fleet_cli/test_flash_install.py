@@ -31,7 +31,7 @@ import pytest
 from broker_config.runner import MosquittoProcess, free_port
 from edge_protocol.keys import read_private_key
 from fleet_cli.app import main as fleet_main
-from fleet_cli.broker_cmd import render_broker
+from fleet_cli.broker import render_broker
 from fleet_cli.collector import Collector, CollectorConfig
 from fleet_cli.flash import check_wheel_tags, render_sha256sums, wheel_tags
 from fleet_cli.flash_cmd import BundleMismatch, BundleOptions, Step, flash_device, run_step

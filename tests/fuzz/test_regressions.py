@@ -106,7 +106,7 @@ def test_agent_toml_unknown_home_is_a_config_error(tmp_path: Path) -> None:
         load_config(path)
 
 
-# -- fleet inspect (fleet_cli/inspect_cmd.py) ----------------------------------------------------------
+# -- fleet inspect (fleet_cli/commands/inspect.py) ----------------------------------------------------------
 
 
 def test_inspect_record_nested_too_deeply() -> None:

@@ -28,8 +28,8 @@ from edge_protocol.payload import INT_MAX, MAX_TEXT_KEY_BYTES, Key, Kind, to_jso
 from edge_protocol.topics import Channel, device_topic
 from fleet_cli.errors import FleetError, UsageError
 from fleet_cli.home import FleetHome
-from fleet_cli.init_cmd import HomeOption
 from fleet_cli.mqtt import Link, MqttSettings, Protocol, Received, settings_from_home
+from fleet_cli.options import HomeOption
 from fleet_cli.registry import Registry
 
 COMMAND_ID_LEN = 16  # docs/protocol.md §3 key 20: bstr16

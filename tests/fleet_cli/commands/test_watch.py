@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from broker_config.accounts import Role
-from fleet_cli import watch_cmd
 from fleet_cli.app import main
+from fleet_cli.commands import watch as watch_cmd
+from fleet_cli.commands.watch import format_result
 from fleet_cli.errors import FleetError
 from fleet_cli.mqtt import CONNECT_TIMEOUT_S, Link
 from fleet_cli.registry import Registry
 from fleet_cli.store import default_store_path
-from fleet_cli.watch_cmd import format_result
 from tests.conftest import Broker
 from tests.fleet_cli._collect_sim import Publisher, add_devices, collector_config, running, unique_fleet
 from tests.fleet_cli._hostile import BIDI, CLEAR, LABELS, NUL, RED, SHOWN, TITLE, assert_terminal_safe
@@ -81,8 +81,8 @@ def test_watch_prints_verified_results(
 
 
 def test_watch_defaults_to_the_viewer_fleet_init_created(tmp_path: Path) -> None:
+    from fleet_cli.commands.watch import _default_viewer
     from fleet_cli.home import init_fleet
-    from fleet_cli.watch_cmd import _default_viewer
 
     home = init_fleet(tmp_path / "home", unique_fleet("w"))
     assert _default_viewer(home) == "watcher"

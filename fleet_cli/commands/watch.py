@@ -18,8 +18,8 @@ from edge_protocol.ids import validate_id
 from edge_protocol.topics import FLEET_SEGMENT, fleet_prefix
 from fleet_cli.errors import FleetError, UsageError
 from fleet_cli.home import FleetHome
-from fleet_cli.init_cmd import HomeOption
 from fleet_cli.mqtt import Link, MqttSettings, Protocol, Received, settings_from_home
+from fleet_cli.options import HomeOption
 from fleet_cli.registry import Registry
 from fleet_cli.terminal import MAX_CELL_CHARS, escape
 

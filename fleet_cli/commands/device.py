@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from fleet_cli.home import FleetHome
-from fleet_cli.init_cmd import HomeOption
+from fleet_cli.options import HomeOption
 from fleet_cli.registry import DeviceRecord, Registry, parse_tags
 from fleet_cli.terminal import escape
 

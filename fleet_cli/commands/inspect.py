@@ -31,7 +31,7 @@ from edge_protocol.keys import parse_public_key
 from edge_protocol.payload import named
 from fleet_cli.errors import FleetError, UsageError
 from fleet_cli.home import FleetHome
-from fleet_cli.init_cmd import HomeOption
+from fleet_cli.options import HomeOption
 from fleet_cli.terminal import MAX_LINE_CHARS, escape, safe_text
 
 # Hex doubles the size and an exported JSON line adds base64 (4/3) plus its other fields; read at most

@@ -16,8 +16,8 @@ from edge_protocol.envelope import seal
 from edge_protocol.keys import Signer
 from edge_protocol.payload import Key, Kind
 from fleet_cli.app import main
+from fleet_cli.commands.inspect import MAX_INPUT_BYTES
 from fleet_cli.home import ENV_HOME, init_fleet
-from fleet_cli.inspect_cmd import MAX_INPUT_BYTES
 from tests.fleet_cli._collect_sim import SimDevice
 from tests.fleet_cli._hostile import BIDI, CLEAR, NUL, RED, TITLE, assert_terminal_safe
 from tests.vectors_util import load, vector_files

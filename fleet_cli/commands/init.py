@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from broker_config.conf import DEFAULT_PLAIN_PORT, DEFAULT_TLS_PORT
-from fleet_cli.home import DEFAULT_FLEET, DEFAULT_SANS, ENV_HOME, FleetHome, init_fleet
-
-# Shared by every command that works on a fleet home.
-HomeOption = Annotated[
-    Path | None,
-    typer.Option("--home", help=f"Fleet home directory (default: ${ENV_HOME}, else the per-user data dir)."),
-]
+from fleet_cli.home import DEFAULT_FLEET, DEFAULT_SANS, FleetHome, init_fleet
+from fleet_cli.options import HomeOption
 
 
 def init(

@@ -28,10 +28,9 @@ from edge_protocol.errors import InvalidId
 from edge_protocol.ids import validate_id
 from edge_protocol.payload import Kind
 from fleet_cli.aggregate import parse_since
-from fleet_cli.collect_cmd import StoreOption
 from fleet_cli.errors import FleetError, UsageError
 from fleet_cli.home import FleetHome
-from fleet_cli.init_cmd import HomeOption
+from fleet_cli.options import HomeOption, StoreOption
 from fleet_cli.store import Store, default_store_path
 from fleet_cli.terminal import escape
 

@@ -14,10 +14,9 @@ import typer
 
 from edge_protocol.payload import Kind
 from fleet_cli.aggregate import Aggregator, By, Point, device_online, parse_duration, parse_since, sparkline
-from fleet_cli.collect_cmd import StoreOption
 from fleet_cli.errors import UsageError
 from fleet_cli.home import FleetHome
-from fleet_cli.init_cmd import HomeOption
+from fleet_cli.options import HomeOption, StoreOption
 from fleet_cli.store import Store, default_store_path
 from fleet_cli.terminal import MAX_CELL_CHARS, escape, safe_text
 

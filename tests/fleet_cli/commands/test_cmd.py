@@ -15,7 +15,7 @@ from edge_protocol.keys import Signer, read_private_key
 from edge_protocol.payload import INT_MAX, Key, Kind
 from edge_protocol.topics import Channel, device_topic
 from fleet_cli.app import main
-from fleet_cli.cmd_cmd import parse_args
+from fleet_cli.commands.cmd import parse_args
 from fleet_cli.errors import UsageError
 from fleet_cli.home import init_fleet
 from fleet_cli.mqtt import Link, MqttSettings, Received

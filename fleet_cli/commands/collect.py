@@ -19,12 +19,10 @@ from fleet_cli.collector import (
 )
 from fleet_cli.errors import UsageError
 from fleet_cli.home import FleetHome
-from fleet_cli.init_cmd import HomeOption
 from fleet_cli.mqtt import Protocol, settings_from_home
+from fleet_cli.options import HomeOption, StoreOption
 from fleet_cli.registry import Registry
 from fleet_cli.store import QUARANTINE_MAX_ROWS, default_store_path
-
-StoreOption = Annotated[Path | None, typer.Option("--store", help="SQLite store (default: <home>/store.db).")]
 
 
 def collect(

@@ -14,7 +14,7 @@ import typer
 
 from broker_config.accounts import USER_ROLES
 from fleet_cli.home import FleetHome
-from fleet_cli.init_cmd import HomeOption
+from fleet_cli.options import HomeOption
 from fleet_cli.registry import Registry
 
 app = typer.Typer(
