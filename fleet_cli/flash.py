@@ -99,7 +99,7 @@ _GLIBC = re.compile(r"^2\.(\d{1,2})$")
 class Runtime(str, enum.Enum):
     """The TFLite interpreter the device gets (docs/agent.md "Runtimes")."""
 
-    AI_EDGE_LITERT = "ai-edge-litert"  # maintained, numpy 2; aarch64 wheels up to 1.4.0
+    AI_EDGE_LITERT = "ai-edge-litert"  # maintained, numpy 2; x86_64 and aarch64 wheels
     TFLITE_RUNTIME = "tflite-runtime"  # 2.14, numpy<2, for boards without an ai-edge-litert wheel
 
 
@@ -107,6 +107,27 @@ class Arch(str, enum.Enum):
     HOST = "host"
     AARCH64 = "linux-aarch64"
     X86_64 = "linux-x86_64"
+
+
+# 32-bit ARM as uname -m and wheel platform tags name it. Neither TFLite runtime publishes a wheel for
+# it (ai-edge-litert: x86_64 and aarch64; tflite-runtime 2.14: the same), so no bundle can carry one.
+ARM32_MACHINES = frozenset({"arm", "armhf", "armv6l", "armv7l", "armv8l"})
+
+
+def parse_arch(text: str) -> Arch:
+    """``--platform``: one of :class:`Arch`; 32-bit ARM is refused with the reason."""
+    try:
+        return Arch(text.strip().lower())
+    except ValueError:
+        pass
+    machine = text.strip().lower().removeprefix("linux-").removeprefix("linux_")
+    if machine in ARM32_MACHINES:
+        raise UsageError(
+            "32-bit ARM has no TFLite runtime wheel; use a 64-bit OS (aarch64)",
+            hint="on a Raspberry Pi 3, 4 or 5: Raspberry Pi OS (64-bit), then --platform linux-aarch64",
+        )
+    choices = ", ".join(a.value for a in Arch)
+    raise UsageError(f"--platform must be one of {choices}, not {text!r}")
 
 
 @dataclass(frozen=True)
@@ -345,7 +366,8 @@ def _toml_str(value: str) -> str:
 @dataclass(frozen=True)
 class AgentSettings:
     """What the device's ``agent.toml`` says. Paths are relative to the config directory except
-    ``state_dir`` (the installer rewrites it for --prefix installs)."""
+    ``state_dir`` (the installer rewrites it for --prefix installs). The defaults are a bundle's;
+    ``fleet demo`` sets the rest (absolute paths, no TLS on the embedded broker, quicker timers)."""
 
     device: str
     fleet: str
@@ -363,6 +385,15 @@ class AgentSettings:
     claim: bool = True  # the bundle carries claim.token
     state_dir: str = SYSTEM_STATE
     heartbeat_s: float = 60.0
+    written_by: str = "`fleet flash`"
+    model_dir: str = "models"
+    tls_ca: str | None = "ca.crt"  # None: plain MQTT
+    password_file: str | None = "mqtt.pass"  # noqa: S105 - a file name; None: no username, no password
+    claim_token_file: str = "claim.token"  # noqa: S105 - a file name
+    protocol: str | None = None  # None: the agent's default (auto)
+    resend_after_s: float | None = None  # None: the agent's defaults for these three
+    backoff_min_s: float | None = None
+    backoff_max_s: float | None = None
 
     def __post_init__(self) -> None:
         if not self.serial_port or any(c in self.serial_port for c in '"\\\n\r\t'):
@@ -375,7 +406,7 @@ def render_agent_config(s: AgentSettings) -> str:
     """The edge_agent TOML (docs/agent.md) for one device: TLS to the fleet's broker, password file,
     claim token, operator/collector trust, fleet-ack delivery, one pipeline with the shipped model."""
     lines = [
-        f"# edge_agent configuration of device {s.device} in fleet {s.fleet}, written by `fleet flash`.",
+        f"# edge_agent configuration of device {s.device} in fleet {s.fleet}, written by {s.written_by}.",
         "# Relative paths are relative to this file's directory. Reference: docs/agent.md.",
         "[device]",
         f"id = {_toml_str(s.device)}",
@@ -385,13 +416,23 @@ def render_agent_config(s: AgentSettings) -> str:
         "[mqtt]",
         f"host = {_toml_str(s.broker_host)}",
         f"port = {s.broker_port}",
-        'tls_ca = "ca.crt"',
-        f"username = {_toml_str(s.device)}",
-        'password_file = "mqtt.pass"',
-        "",
     ]
+    if s.protocol is not None:
+        lines.append(f"protocol = {_toml_str(s.protocol)}")
+    for key, seconds in (
+        ("resend_after_s", s.resend_after_s),
+        ("backoff_min_s", s.backoff_min_s),
+        ("backoff_max_s", s.backoff_max_s),
+    ):
+        if seconds is not None:
+            lines.append(f"{key} = {float(seconds)!r}")
+    if s.tls_ca is not None:
+        lines.append(f"tls_ca = {_toml_str(s.tls_ca)}")
+    if s.password_file is not None:
+        lines += [f"username = {_toml_str(s.device)}", f"password_file = {_toml_str(s.password_file)}"]
+    lines.append("")
     if s.claim:
-        lines += ["[enrol]", 'claim_token_file = "claim.token"', ""]
+        lines += ["[enrol]", f"claim_token_file = {_toml_str(s.claim_token_file)}", ""]
     keys = ", ".join(_toml_str(k) for k in s.collector_keys)
     lines += [
         "[trust]",
@@ -404,7 +445,7 @@ def render_agent_config(s: AgentSettings) -> str:
         "",
         "[[pipeline]]",
         f"name = {_toml_str(PIPELINE_NAME)}",
-        f"model = {_toml_str('models/' + s.model)}",
+        f"model = {_toml_str(s.model_dir + '/' + s.model)}",
         f'source = {{ port = {_toml_str(s.serial_port)}, baud = {s.baud}, protocol = "frames" }}',
         f"channels = [{', '.join(_toml_str(c) for c in s.channels)}]",
         f"window = {s.window}",

@@ -126,6 +126,32 @@ def test_target_platform_tags_and_pip_arguments() -> None:
             flash.parse_version(bad, what)
 
 
+def test_platform_names_and_the_32_bit_arm_refusal() -> None:
+    assert [flash.parse_arch(a.value) for a in Arch] == list(Arch)
+    assert flash.parse_arch(" Linux-AArch64 ") is Arch.AARCH64
+    for arm32 in ("linux-armv7l", "linux_armv7l", "armv6l", "linux-armhf"):
+        with pytest.raises(
+            UsageError, match=r"^32-bit ARM has no TFLite runtime wheel; use a 64-bit OS \(aarch64\)$"
+        ):
+            flash.parse_arch(arm32)
+    with pytest.raises(
+        UsageError, match="--platform must be one of host, linux-aarch64, linux-x86_64, not 'sparc'"
+    ):
+        flash.parse_arch("sparc")
+
+
+def test_flash_refuses_32_bit_arm_before_reading_the_home(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fleet_cli.app import main
+
+    code = main(["flash", "dev-01", "--platform", "linux-armv7l", "--home", str(tmp_path / "none")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: 32-bit ARM has no TFLite runtime wheel; use a 64-bit OS (aarch64)\n"), err
+    assert "hint: " in err
+
+
 def test_wheel_tags_are_checked_against_the_target() -> None:
     t = Target(arch=Arch.AARCH64, python=(3, 11), glibc=(2, 35))
     check_wheel_tags(
@@ -189,6 +215,55 @@ def test_agent_config_is_a_valid_edge_agent_config(tmp_path: Path) -> None:
     # enrolled already: no [enrol] table
     enrolled = parse_config(tomllib.loads(render_agent_config(_settings(claim=False))), path)
     assert enrolled.claim_token_file is None
+
+
+@pytest.mark.parametrize("broker", ["embedded", "mosquitto"])
+def test_demo_agent_config_is_flashs_rendering(tmp_path: Path, broker: str) -> None:
+    """fleet demo's agent.toml comes from render_agent_config, with the model's facts read from its
+    sidecar, absolute paths (escaped: a quote in a path stays a quote) and the demo's quick timers."""
+    import tomllib
+
+    from fleet_cli import demo, shipped_model
+
+    models = shipped_model.models_dir()
+    facts = shipped_model.read_facts(models)
+    work = tmp_path / 'work "quoted"'
+    mqtt: dict[str, object] = {"host": "127.0.0.1", "port": 1883, "protocol": "3.1.1"}
+    if broker == "mosquitto":
+        mqtt = {"host": "localhost", "port": 8883, "protocol": "auto", "tls_ca": str(work / "ca.crt"),
+                "username": "dev-02", "password_file": str(work / "mqtt.pass")}  # fmt: skip
+    script = demo.device_scripts(2, 30.0)[1]
+    settings = demo._agent_settings(
+        script, state_dir=work / "state", port_link=tmp_path / "tty-dev-02", models=models, facts=facts,
+        mqtt=mqtt, operator_key="11" * 32, collector_key="22" * 32, claim_file=work / "claim.token",
+    )  # fmt: skip
+    text = render_agent_config(settings)
+    assert text.startswith(
+        "# edge_agent configuration of device dev-02 in fleet demo, written by `fleet demo`."
+    )
+    cfg = parse_config(tomllib.loads(text), tmp_path / "agent.toml")
+    assert (cfg.device.id, cfg.device.fleet, cfg.device.state_dir) == ("dev-02", "demo", work / "state")
+    assert (cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.protocol.value) == (
+        mqtt["host"],
+        mqtt["port"],
+        mqtt["protocol"],
+    )
+    assert (cfg.mqtt.resend_after_s, cfg.mqtt.backoff_min_s, cfg.mqtt.backoff_max_s) == (5.0, 0.2, 3.0)
+    assert cfg.heartbeat_s == 5.0
+    assert cfg.claim_token_file == work / "claim.token"
+    if broker == "mosquitto":
+        assert (cfg.mqtt.tls_ca, cfg.mqtt.username, cfg.mqtt.password_file) == (
+            work / "ca.crt",
+            "dev-02",
+            work / "mqtt.pass",
+        )
+    else:
+        assert (cfg.mqtt.tls_ca, cfg.mqtt.username, cfg.mqtt.password_file) == (None, None, None)
+    (p,) = cfg.pipelines
+    assert p.model == models / "vibration_int8.tflite"
+    assert (p.source.port, p.source.baud) == (str(tmp_path / "tty-dev-02"), 921600)
+    assert (tuple(p.channels), p.window, p.hop) == (facts.channels, facts.window, facts.hop)
+    assert "labels = [" + ", ".join(f'"{x}"' for x in facts.labels) + "]" in text
 
 
 def test_agent_settings_limits() -> None:
@@ -326,6 +401,78 @@ def test_verifier_accepts_a_good_bundle_and_checks_the_pin(tmp_path: Path) -> No
     linked = _run_verify(tmp_path)
     assert linked.returncode == 1
     assert "not a regular file" in linked.stderr
+
+
+def _offline_bundle(root: Path, wheel: str) -> None:
+    """A bundle of one wheel (its bytes do not matter here) for this machine and Python."""
+    import platform
+
+    files = [
+        BundleFile(f"wheels/{wheel}", b"not really a wheel\n"),
+        BundleFile(flash.VERIFY_NAME, flash.render_verifier().encode()),
+    ]
+    (root / "wheels").mkdir()
+    (root / "wheels" / wheel).write_bytes(files[0].data)
+    here = {"arm64": "aarch64", "amd64": "x86_64"}.get(platform.machine().lower(), platform.machine().lower())
+    python = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    raw = render_manifest(files, {"offline": True, "target": {"machine": here, "python": python}})
+    (root / "MANIFEST.json").write_bytes(raw)
+    (root / "SHA256SUMS").write_bytes(render_sha256sums(raw))
+
+
+def test_verifier_checks_the_glibc_the_wheels_ask_for(tmp_path: Path) -> None:
+    """--check-target refuses a wheel whose manylinux tag needs a newer glibc than this machine's."""
+    import os
+
+    glibc = os.confstr("CS_GNU_LIBC_VERSION") or ""
+    if not glibc.startswith("glibc "):
+        pytest.skip("this machine's C library is not glibc")
+    major, minor = (int(x) for x in glibc.split()[1].split(".")[:2])
+    for name, tag, ok in [
+        ("old", "manylinux2014_x86_64.manylinux_2_17_x86_64", True),
+        ("same", f"manylinux_{major}_{minor}_x86_64", True),
+        ("newer", f"manylinux_{major}_{minor + 1}_x86_64", False),
+        ("pure", "any", True),
+    ]:
+        bundle = tmp_path / name
+        bundle.mkdir()
+        wheel = f"pkg-1.0-cp311-cp311-{tag}.whl" if tag != "any" else "pkg-1.0-py3-none-any.whl"
+        _offline_bundle(bundle, wheel)
+        done = _run_verify(bundle, "--check-target", "--blake3", "skip")
+        assert (done.returncode == 0) is ok, (name, done.stderr)
+        if not ok:
+            assert (
+                f"{wheel} needs glibc {major}.{minor + 1} or newer (manylinux_{major}_{minor + 1})"
+                in done.stderr
+            )
+            assert f"this machine has glibc {major}.{minor} " in done.stderr
+            assert f"--glibc {major}.{minor}`" in done.stderr
+        # without --check-target the same bundle verifies: the files are intact
+        assert _run_verify(bundle, "--blake3", "skip").returncode == 0
+
+
+def test_verifier_glibc_rule() -> None:
+    import runpy
+
+    ns = runpy.run_path(str(Path(flash.__file__).parent / "bundle_templates" / "verify.py.tmpl"))
+    wheel_glibc, check_glibc, refused = ns["wheel_glibc"], ns["check_glibc"], ns["Refused"]
+    assert wheel_glibc("ai_edge_litert-2.3.0-cp311-cp311-manylinux_2_27_aarch64.whl") == (2, 27)
+    # compressed tags: any one is enough
+    assert wheel_glibc("numpy-2.4.0-cp311-cp311-manylinux_2_17_aarch64.manylinux2014_aarch64.whl") == (2, 17)
+    assert wheel_glibc("x-1-1-cp39-cp39-manylinux1_x86_64.manylinux2010_x86_64.whl") == (2, 5)
+    assert wheel_glibc("edgeseal-0.1.0-py3-none-any.whl") is None
+    assert wheel_glibc("cffi-1.17.1-cp311-cp311-musllinux_1_1_aarch64.whl") is None
+    assert wheel_glibc("README.txt") is None
+    wheels = ["a-1-cp311-cp311-manylinux_2_27_aarch64.whl", "b-1-cp311-cp311-manylinux2014_aarch64.whl"]
+    check_glibc(wheels, "aarch64", (2, 27))
+    check_glibc(wheels, "aarch64", (2, 36))
+    with pytest.raises(
+        refused, match=r"a-1-cp311-cp311-manylinux_2_27_aarch64.whl needs glibc 2.27 .* has glibc 2.24"
+    ):
+        check_glibc(wheels, "aarch64", (2, 24))
+    with pytest.raises(refused, match="not glibc"):  # musl: no manylinux wheel runs
+        check_glibc(wheels, "aarch64", None)
+    check_glibc(["edgeseal-0.1.0-py3-none-any.whl"], "aarch64", None)
 
 
 def test_user_data_is_cloud_config_yaml() -> None:
