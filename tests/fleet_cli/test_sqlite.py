@@ -85,5 +85,5 @@ def test_registry_and_store_open_with_their_durability(tmp_path: Path) -> None:
         assert _pragma(reg._db, "synchronous") == 2  # FULL: a binding survives a power loss
         assert _pragma(reg._db, "foreign_keys") == 1
     with Store(tmp_path / "store.sqlite") as store:
-        assert _pragma(store._db, "synchronous") == 1  # NORMAL
+        assert _pragma(store._db, "synchronous") == 2  # FULL: an acked message survives a power cut
         assert _pragma(store._db, "journal_mode") == "wal"
