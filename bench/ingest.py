@@ -48,7 +48,8 @@ from edge_protocol.envelope import decode_unverified, protected_header, seal, si
 from edge_protocol.keys import Signer
 from edge_protocol.payload import Key, Kind
 from edge_protocol.topics import Channel, device_topic, verified_topic
-from fleet_cli.collector import Collector, CollectorConfig
+from fleet_cli.collector.config import CollectorConfig
+from fleet_cli.collector.service import Collector
 from fleet_cli.mqtt import Protocol
 from fleet_cli.registry import Registry
 

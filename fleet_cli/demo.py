@@ -200,7 +200,7 @@ class Demo:
     def store_path(self) -> Path:
         """The collector's store, where ``fleet collect`` keeps it in the demo's fleet home: after
         ``--keep``, ``fleet status --home WORKDIR/fleet`` and the other commands find it (after setup)."""
-        from fleet_cli.store import default_store_path
+        from fleet_cli.collector.store import default_store_path
 
         return default_store_path(self.home.root)
 

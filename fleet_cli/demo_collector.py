@@ -1,4 +1,4 @@
-"""The demo's collector: the real in-process :class:`~fleet_cli.collector.Collector`, and a read-only
+"""The demo's collector: the real in-process :class:`~fleet_cli.collector.service.Collector`, and a read-only
 view of its counters and store for the live table (which attack got which verdict)."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from edge_protocol.keys import read_private_key
-from fleet_cli.collector import Collector, CollectorConfig
+from fleet_cli.collector.config import CollectorConfig
+from fleet_cli.collector.service import Collector
 from fleet_cli.mqtt import Protocol
 
 if TYPE_CHECKING:

@@ -11,18 +11,14 @@ import typer
 from edge_protocol.errors import InvalidId
 from edge_protocol.ids import validate_id
 from edge_protocol.keys import read_private_key
-from fleet_cli.collector import (
-    ACK_INTERVAL_S,
-    REORDER_TIMEOUT_S,
-    Collector,
-    CollectorConfig,
-)
+from fleet_cli.collector.config import ACK_INTERVAL_S, REORDER_TIMEOUT_S, CollectorConfig
+from fleet_cli.collector.service import Collector
+from fleet_cli.collector.store import QUARANTINE_MAX_ROWS, default_store_path
 from fleet_cli.errors import UsageError
 from fleet_cli.home import FleetHome
 from fleet_cli.mqtt import Protocol, settings_from_home
 from fleet_cli.options import HomeOption, StoreOption
 from fleet_cli.registry import Registry
-from fleet_cli.store import QUARANTINE_MAX_ROWS, default_store_path
 
 
 def collect(

@@ -27,11 +27,11 @@ import typer
 from edge_protocol.errors import InvalidId
 from edge_protocol.ids import validate_id
 from edge_protocol.payload import Kind
-from fleet_cli.aggregate import parse_since
+from fleet_cli.collector.aggregate import parse_since
+from fleet_cli.collector.store import Store, default_store_path
 from fleet_cli.errors import FleetError, UsageError
 from fleet_cli.home import FleetHome
 from fleet_cli.options import HomeOption, StoreOption
-from fleet_cli.store import Store, default_store_path
 from fleet_cli.terminal import escape
 
 FIELDS = ("fleet", "dev", "boot", "seq", "kind", "pipe", "msg_id", "t_device", "t_received", "cose")

@@ -13,11 +13,19 @@ from typing import Annotated, Any
 import typer
 
 from edge_protocol.payload import Kind
-from fleet_cli.aggregate import Aggregator, By, Point, device_online, parse_duration, parse_since, sparkline
+from fleet_cli.collector.aggregate import (
+    Aggregator,
+    By,
+    Point,
+    device_online,
+    parse_duration,
+    parse_since,
+    sparkline,
+)
+from fleet_cli.collector.store import Store, default_store_path
 from fleet_cli.errors import UsageError
 from fleet_cli.home import FleetHome
 from fleet_cli.options import HomeOption, StoreOption
-from fleet_cli.store import Store, default_store_path
 from fleet_cli.terminal import MAX_CELL_CHARS, escape, safe_text
 
 # More windows than this in one report is a typo in --window (1s over a week = 604,800 rows).

@@ -16,11 +16,11 @@ from typing import Annotated, Any
 
 import typer
 
-from fleet_cli.aggregate import device_online
+from fleet_cli.collector.aggregate import device_online
+from fleet_cli.collector.store import QuarantineCount, Store, default_store_path
 from fleet_cli.home import FleetHome
 from fleet_cli.options import HomeOption, StoreOption
 from fleet_cli.registry import Registry
-from fleet_cli.store import QuarantineCount, Store, default_store_path
 from fleet_cli.terminal import MAX_CELL_CHARS, escape, safe_text
 
 

@@ -119,6 +119,6 @@ def test_one_list_of_device_channels() -> None:
 
 def test_collector_and_acl_use_the_list() -> None:
     from broker_config.acl import DEVICE_WRITES
-    from fleet_cli.collector import SUBSCRIBED
+    from fleet_cli.collector.config import SUBSCRIBED
 
     assert SUBSCRIBED == DEVICE_WRITES == tuple(channel_filter(c) for c in DEVICE_PUBLISHES)

@@ -1,6 +1,7 @@
 """Every entry of tests/vectors/rules.json (docs/protocol.md §8): the rules the spec settles beyond
 envelope.json, decided by edge_protocol (and, for the ``collector`` entries, by the collector's
-stateless checks in fleet_cli/verify_worker.py). The file is what tools/make_rule_vectors.py writes."""
+stateless checks in fleet_cli/collector/verify_worker.py). The file is what tools/make_rule_vectors.py
+writes."""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def test_negative_vector_rejected_with_verdict(entry: tuple[Path, dict[str, Any]
 
 @pytest.mark.parametrize("entry", COLLECTOR, ids=[_id(e) for e in COLLECTOR])
 def test_collector_vector_verdict(entry: tuple[Path, dict[str, Any]]) -> None:
-    from fleet_cli.verify_worker import Verifiers, verify_bound
+    from fleet_cli.collector.verify_worker import Verifiers, verify_bound
 
     path, v = entry
     item = (v["dev"], v["channel"], v["pipe"], bytes.fromhex(v["bound_key"]), bytes.fromhex(v["cose"]))

@@ -8,7 +8,7 @@ the test left it in:
 * a fleet home (:func:`fleet_cli.home.init_fleet`) and its registry with N devices and claim tokens;
 * N virtual IMUs (:class:`firmware_bridge.sim.simulator.Simulator`, 1000 Hz, a stable symlink per device);
 * N real ``edge-agent run`` processes with the shipped int8 model and fast timers (resend, backoff);
-* the real collector, in process (:class:`fleet_cli.collector.Collector`) or as a ``fleet collect``
+* the real collector, in process (:class:`fleet_cli.collector.service.Collector`) or as a ``fleet collect``
   process (:class:`CollectProcess`).
 
 :func:`audit` is the Jepsen-style read-back: from a device's own state (boot counter, chain head in
@@ -36,7 +36,8 @@ from edge_protocol.keys import read_private_key
 from edge_protocol.payload import Key
 from firmware_bridge.sim.faults import FaultConfig
 from firmware_bridge.sim.simulator import Simulator
-from fleet_cli.collector import Collector, CollectorConfig
+from fleet_cli.collector.config import CollectorConfig
+from fleet_cli.collector.service import Collector
 from fleet_cli.home import FleetHome, init_fleet
 from fleet_cli.mqtt import Protocol
 from fleet_cli.registry import Registry

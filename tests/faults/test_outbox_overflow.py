@@ -104,7 +104,8 @@ def test_outbox_overflow_drops_counted_and_signed(
 CROSS_BOOT_GAP_BUG = (  # fixed by a1c1b48; kept as the regression tests' reference
     "collector bug (fixed): a gap record sealed in boot b for seqs of an earlier boot"
     " ({boot: b-1, from, to}, as the"
-    " agent writes it) is quarantined MALFORMED by fleet_cli.collector.Intake._gap (it ignores gap.boot and"
+    " agent writes it) is quarantined MALFORMED by fleet_cli.collector.intake.Intake._gap"
+    " (it ignores gap.boot and"
     " requires to < the record's own seq); the quarantined seq then blocks boot b's ack head, so the agent's"
     " outbox never drains and the earlier boot's drops are never covered"
 )

@@ -42,8 +42,9 @@ import pytest
 from edge_protocol.envelope import MAX_ENVELOPE_BYTES, decode_unverified
 from edge_protocol.keys import Signer
 from edge_protocol.payload import Key, Kind
-from fleet_cli.collector import Collector, CollectorStats
-from fleet_cli.store import Store
+from fleet_cli.collector.service import Collector
+from fleet_cli.collector.stats import CollectorStats
+from fleet_cli.collector.store import Store
 from tests.faults.harness import Rig, wait_until
 from tests.fleet_cli._collect_sim import Msg, Publisher, SimDevice
 

@@ -21,7 +21,8 @@ from edge_protocol.envelope import seal
 from edge_protocol.keys import Signer, claim_tag
 from edge_protocol.payload import Key, Kind
 from edge_protocol.topics import Channel, device_topic
-from fleet_cli.collector import Collector, CollectorConfig
+from fleet_cli.collector.config import CollectorConfig
+from fleet_cli.collector.service import Collector
 from fleet_cli.mqtt import Link, MqttSettings, Received
 from fleet_cli.registry import Registry
 
@@ -200,8 +201,8 @@ class Populated:
 
 def populated_home(tmp: Path, broker_host: str, broker_port: int, n_results: int = 12) -> Populated:
     """A fleet home whose store holds two devices' births, results and a heartbeat (via a real collector)."""
+    from fleet_cli.collector.store import default_store_path
     from fleet_cli.home import init_fleet
-    from fleet_cli.store import default_store_path
 
     fleet = unique_fleet("h")
     home = init_fleet(tmp / "home", fleet)

@@ -44,8 +44,8 @@ RAW = ("\x1b", "\x07", "\x00", "\u202e", "\u202c", "\u2066", "\u2069")
 def hostile_home(tmp: Path, broker_host: str, broker_port: int) -> Populated:
     """A fleet home whose store holds one device's birth (agent ``[/]`` plus a title sequence), results
     labelled with every string of :data:`LABELS` and a heartbeat with a hostile metric name."""
+    from fleet_cli.collector.store import default_store_path
     from fleet_cli.home import init_fleet
-    from fleet_cli.store import default_store_path
 
     fleet = unique_fleet("x")
     home = init_fleet(tmp / "home", fleet)

@@ -133,7 +133,7 @@ def test_demo_bridge_error_is_one_line(tmp_path: Path) -> None:
 
 def test_demo_keep_leaves_a_fleet_home_every_command_reads(tmp_path: Path) -> None:
     """After `fleet demo --keep --workdir W`, `--home W/fleet` is enough: the store is where
-    `fleet collect` keeps it (fleet_cli.store.default_store_path), not beside the fleet home."""
+    `fleet collect` keeps it (fleet_cli.collector.store.default_store_path), not beside the fleet home."""
     workdir = tmp_path / "demo"
     proc = subprocess.run(
         [sys.executable, "-m", "fleet_cli", "demo", "--json", "--devices", "1", "--duration", "8",

@@ -32,7 +32,8 @@ from broker_config.runner import MosquittoProcess, free_port
 from edge_protocol.keys import read_private_key
 from fleet_cli.app import main as fleet_main
 from fleet_cli.broker import render_broker
-from fleet_cli.collector import Collector, CollectorConfig
+from fleet_cli.collector.config import CollectorConfig
+from fleet_cli.collector.service import Collector
 from fleet_cli.flash import check_wheel_tags, render_sha256sums, wheel_tags
 from fleet_cli.flash_cmd import BundleMismatch, BundleOptions, Step, flash_device, run_step
 from fleet_cli.home import FleetHome, init_fleet

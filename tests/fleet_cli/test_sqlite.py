@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from fleet_cli import sqlite
+from fleet_cli.collector.store import Store, StoreError
 from fleet_cli.registry import Registry, RegistryError
-from fleet_cli.store import Store, StoreError
 
 
 def _pragma(db: sqlite3.Connection, name: str) -> object:

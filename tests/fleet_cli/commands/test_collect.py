@@ -15,9 +15,9 @@ import pytest
 
 from broker_config.runner import MosquittoProcess, free_port
 from fleet_cli.broker import render_broker
+from fleet_cli.collector.store import default_store_path
 from fleet_cli.home import FleetHome, init_fleet
 from fleet_cli.registry import Registry
-from fleet_cli.store import default_store_path
 from tests.fleet_cli._collect_sim import Publisher, SimDevice, unique_fleet
 
 pytestmark = pytest.mark.integration

@@ -10,12 +10,12 @@ import pytest
 
 from broker_config.accounts import Role
 from fleet_cli.app import main
+from fleet_cli.collector.store import default_store_path
 from fleet_cli.commands import watch as watch_cmd
 from fleet_cli.commands.watch import format_result
 from fleet_cli.errors import FleetError
 from fleet_cli.mqtt import CONNECT_TIMEOUT_S, Link
 from fleet_cli.registry import Registry
-from fleet_cli.store import default_store_path
 from tests.conftest import Broker
 from tests.fleet_cli._collect_sim import Publisher, add_devices, collector_config, running, unique_fleet
 from tests.fleet_cli._hostile import BIDI, CLEAR, LABELS, NUL, RED, SHOWN, TITLE, assert_terminal_safe

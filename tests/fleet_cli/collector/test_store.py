@@ -10,9 +10,9 @@ import pytest
 
 from edge_protocol.envelope import Verdict
 from edge_protocol.state import MAX_STATE_BYTES
-from fleet_cli import store as store_mod
-from fleet_cli.collector import Intake, RegistryDirectory, StateUpdate
-from fleet_cli.store import Batch, Candidate, GapRange, Rejected, Store
+from fleet_cli.collector import store as store_mod
+from fleet_cli.collector.intake import Intake, RegistryDirectory
+from fleet_cli.collector.store import Batch, Candidate, GapRange, Rejected, StateUpdate, Store
 
 
 def cand(seq: int, msg_id: bytes, prev: bytes, gap: tuple[int, int, int, str] | None = None) -> Candidate:
@@ -210,7 +210,7 @@ def test_the_head_crosses_merged_device_spans_in_one_step(tmp_path: Path) -> Non
 def test_one_field_order_from_the_verify_answer_to_the_insert() -> None:
     """Candidate is (dev, t_received, cose) + the verify worker's answer, and its first fields are the
     messages columns in the order the INSERT names them."""
-    from fleet_cli.verify_worker import Verified
+    from fleet_cli.collector.verify_worker import Verified
 
     assert Candidate._fields[3:] == Verified._fields
     columns = store_mod.INSERT_MESSAGE.split("(")[1].split(")")[0].replace(" ", "").split(",")

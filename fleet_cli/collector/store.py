@@ -223,7 +223,7 @@ class Candidate(NamedTuple):
     """A verified device message the chain verifier accepted, waiting for the batch to commit.
 
     One field order from the verify worker to the table: ``dev, t_received, cose`` (the collector's),
-    then exactly the fields of :class:`fleet_cli.verify_worker.Verified`; the first
+    then exactly the fields of :class:`fleet_cli.collector.verify_worker.Verified`; the first
     :data:`MESSAGE_COLUMNS` fields are the ``messages`` columns, in the order :data:`INSERT_MESSAGE`
     names them, so a candidate's row is ``c[:MESSAGE_COLUMNS]``.
     """

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 if TYPE_CHECKING:
-    from fleet_cli.store import Batch, CommitResult
+    from fleet_cli.collector.store import Batch, CommitResult
 
 # Commit times from sub-millisecond (a lone message) to a stuck disk.
 BATCH_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)

@@ -15,8 +15,8 @@ from edge_protocol.envelope import MAX_ENVELOPE_BYTES, open_envelope
 from edge_protocol.keys import Signer
 from edge_protocol.payload import Key, Kind
 from edge_protocol.topics import Channel, device_topic, verified_topic
+from fleet_cli.collector.store import Store
 from fleet_cli.registry import Registry
-from fleet_cli.store import Store
 from tests.conftest import Broker
 from tests.fleet_cli._collect_sim import (
     Listener,

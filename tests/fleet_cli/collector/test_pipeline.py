@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from edge_protocol.chain import ChainVerifier
-from fleet_cli.collector import Intake, RegistryDirectory
+from fleet_cli.collector.intake import Intake, RegistryDirectory
+from fleet_cli.collector.store import Batch, Candidate, Store
 from fleet_cli.registry import Registry
-from fleet_cli.store import Batch, Candidate, Store
 from tests.conftest import Broker
 from tests.fleet_cli._collect_sim import (
     Publisher,

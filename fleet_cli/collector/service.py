@@ -28,15 +28,15 @@ Threads and hand-offs (docs/field-notes.md "paho-mqtt 2.x": one network thread, 
   triggers a fresh ack.
 * DUPLICATE is counted (per device in the store, per collector in the stats), not quarantined: the
   stored copy is byte-for-byte the same payload.
-* The quarantine holds at most ``quarantine_max`` rows (:data:`~fleet_cli.store.QUARANTINE_MAX_ROWS`);
-  the store evicts the oldest rows of the devices holding the most and counts them per verdict. The
+* The quarantine holds at most ``quarantine_max`` rows
+  (:data:`~fleet_cli.collector.store.QUARANTINE_MAX_ROWS`); the store evicts the oldest rows of the
+  devices holding the most and counts them per verdict. The
   first eviction of a run is logged once as a warning; the count is in the stats and the metrics.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hmac
 import json
 import logging
 import math
@@ -46,44 +46,48 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
-from edge_protocol.chain import ChainVerifier, GapReport, Head, Link
+from edge_protocol.chain import ChainVerifier, Head
 from edge_protocol.envelope import (
-    MAX_ENVELOPE_BYTES,
-    EnvelopeError,
-    Opened,
     Verdict,
-    decode_unverified,
-    open_envelope,
     seal,
 )
-from edge_protocol.errors import InvalidTopic
-from edge_protocol.keys import Signer, claim_tag
+from edge_protocol.keys import Signer
 from edge_protocol.payload import Key, Kind
-from edge_protocol.state import StateError, parse_state
 from edge_protocol.topics import (
-    DEVICE_PUBLISHES,
-    DEVICE_SIGNED,
     Channel,
-    DeviceTopic,
     agg_topic,
-    channel_filter,
     device_topic,
-    fleet_prefix,
     parse_topic,
     verified_topic,
 )
-from fleet_cli.aggregate import device_online, percentile
-from fleet_cli.errors import FleetError
-from fleet_cli.mqtt import RECEIVE_MAXIMUM, MqttSettings
-from fleet_cli.mqtt import Link as MqttLink
-from fleet_cli.mqtt import Protocol as MqttProtocol
-from fleet_cli.registry import ConflictError, NotFoundError, Registry
-from fleet_cli.store import (
-    QUARANTINE_MAX_ROWS,
+from fleet_cli.collector.aggregate import percentile
+from fleet_cli.collector.config import (
+    BURST_MAX,
+    CHUNK_MAX_MESSAGES,
+    EXPIRE_INTERVAL_S,
+    MAX_LABELS_PER_DEVICE,
+    OTHER_LABEL,
+    QUEUE_MAX,
+    RATE_WINDOW_S,
+    STOP_DRAIN_S,
+    CollectorConfig,
+    CollectorError,
+)
+from fleet_cli.collector.intake import (
+    Duplicate,
+    Intake,
+    Outcome,
+    RegistryDirectory,
+    Route,
+    _sanitize,
+)
+from fleet_cli.collector.stats import (
+    CollectorStats,
+    _Counters,
+)
+from fleet_cli.collector.store import (
     Batch,
     Candidate,
     CommitResult,
@@ -93,433 +97,15 @@ from fleet_cli.store import (
     StateUpdate,
     Store,
 )
-from fleet_cli.terminal import escape
-from fleet_cli.verify_worker import (
+from fleet_cli.collector.verify_worker import (
     Answer,
     Item,
-    Refused,
-    Verified,
-    Verifiers,
     VerifyPool,
-    check_opened,
-    verify_bound,
 )
+from fleet_cli.mqtt import Link as MqttLink
+from fleet_cli.registry import Registry
 
 log = logging.getLogger(__name__)
-
-# A broker can have at most 65,535 QoS 1 deliveries unacknowledged towards one client (16-bit packet
-# ids, MQTT §2.2.1), and the collector acknowledges only after storing: the queue never holds more.
-QUEUE_MAX = 65_535
-# docs/collector.md "Acks and back-pressure": commit every 500 messages or 50 ms, whichever comes first, and
-# at once when the queue runs dry (a lone message is not kept waiting; PUBACKs wait for the commit).
-BATCH_MAX_MESSAGES = 500
-BATCH_MAX_DELAY_S = 0.05
-# A seq missing this long is reported as a GAP (docs/protocol.md §6). Agents resend unacked results after
-# their own timeout (tens of seconds), so anything shorter reports gaps that heal moments later.
-REORDER_TIMEOUT_S = 30.0
-# At most one ack per (dev, boot) this often: with a device sending 10 results/s an ack covers ~2.
-ACK_INTERVAL_S = 0.2
-# Retained aggregates on P/_fleet/agg/summary.
-AGG_INTERVAL_S = 10.0
-# How often the worker logs throughput and verdict counts.
-LOG_INTERVAL_S = 30.0
-# How often the chain verifier is asked for expired gaps.
-EXPIRE_INTERVAL_S = 1.0
-# Registry answers (revoked? bound key?) are cached this long: a revocation takes effect within it.
-REGISTRY_RECHECK_S = 5.0
-# Registry answers kept at most for this many device ids: ids named on the device topics are not all
-# registered ones (anyone with write access can invent them), so the cache is bounded, and cleared
-# when full (a fleet this size re-reads a few entries; each read is one indexed SQLite lookup).
-DIRECTORY_CACHE = 65_536
-# Distinct labels counted per device in the stats and the retained aggregate: a device chooses its
-# labels, so beyond this many further ones are counted under OTHER_LABEL.
-MAX_LABELS_PER_DEVICE = 64
-OTHER_LABEL = "(other)"
-# Latency samples (t_received - t_device of results) kept for p50/p95.
-LATENCY_SAMPLES = 10_000
-# Window over which msgs/s is measured.
-RATE_WINDOW_S = 10.0
-# Signature checks and strict decoding run in this many worker processes (0: in the collector's own
-# worker thread). One is right for the 2-core target: paho's network thread and the store share one
-# core (one GIL), the signatures (~41 µs each with PyNaCl, the largest cost) get the other.
-VERIFY_WORKERS = 1
-# Messages sent to a verify worker at once. Big enough that the pickling and pipe round trip (~50 µs)
-# is ~1 µs per message; small next to Mosquitto's max_inflight_messages (100 in the rendered config)
-# so that verifying starts while the rest of the window is still arriving.
-CHUNK_MAX_MESSAGES = 64
-# Queue items the worker takes at once before its per-iteration bookkeeping (deadlines, batch, acks).
-BURST_MAX = 256
-# Stopping: how long the worker waits for chunks still at the verify workers before it commits what
-# it has (what is not back by then is not PUBACKed, so the broker keeps it). Below stop()'s 5 s.
-STOP_DRAIN_S = 3.0
-# The chain verifier keeps this many seqs below each boot's contiguous head in memory; older ones are
-# looked up in the store when needed (a resend of an old message). Bounds the collector's memory for
-# a long-running fleet; 1024 is ~17 min of a device sending one message a second.
-CHAIN_KEEP_RECENT = 1024
-
-# Device channels the collector subscribes to: all a device publishes; never cmd/ack, never _fleet/.
-SUBSCRIBED = tuple(channel_filter(c) for c in DEVICE_PUBLISHES)
-
-
-class CollectorError(FleetError):
-    """The collector cannot run (store, broker) or stopped on an error."""
-
-
-# ---- configuration ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CollectorConfig:
-    fleet: str
-    store_path: Path
-    host: str = "127.0.0.1"
-    port: int = 1883
-    username: str | None = None
-    password: str | None = None  # secret: not shown by repr
-    tls_ca: Path | None = None
-    protocol: MqttProtocol = MqttProtocol.AUTO
-    client_id: str = ""  # "" = derived from the username (brokers with use_username_as_clientid ignore it)
-    share_group: str | None = None  # subscribe through $share/GROUP/...
-    batch_max_messages: int = BATCH_MAX_MESSAGES
-    batch_max_delay_s: float = BATCH_MAX_DELAY_S
-    reorder_timeout_s: float = REORDER_TIMEOUT_S
-    ack_interval_s: float = ACK_INTERVAL_S
-    publish_verified: bool = True
-    agg_interval_s: float = AGG_INTERVAL_S
-    log_interval_s: float = LOG_INTERVAL_S
-    metrics_port: int | None = None
-    metrics_addr: str = "127.0.0.1"
-    receive_maximum: int = RECEIVE_MAXIMUM
-    verify_workers: int = VERIFY_WORKERS  # processes verifying signatures; 0 = in the worker thread
-    chain_keep_recent: int = CHAIN_KEEP_RECENT
-    quarantine_max: int = QUARANTINE_MAX_ROWS  # rows; the store evicts (and counts) beyond it
-
-    def __repr__(self) -> str:
-        return (
-            f"CollectorConfig(fleet={self.fleet!r}, store={str(self.store_path)!r},"
-            f" broker={self.host}:{self.port}, user={self.username!r}, share={self.share_group!r})"
-        )
-
-    def mqtt_settings(self) -> MqttSettings:
-        client_id = self.client_id or f"fleet-collector-{self.username or 'anon'}"
-        return MqttSettings(
-            host=self.host,
-            port=self.port,
-            username=self.username,
-            password=self.password,
-            tls_ca=self.tls_ca,
-            protocol=self.protocol,
-            client_id=client_id,
-            persistent=True,
-        )
-
-    def filters(self) -> list[str]:
-        p = fleet_prefix(self.fleet)
-        share = f"$share/{self.share_group}/" if self.share_group else ""
-        return [f"{share}{p}/+/{c}" for c in SUBSCRIBED]
-
-
-# ---- the registry as the verifier needs it ----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DeviceEntry:
-    known: bool
-    revoked: bool = False
-    key: bytes | None = None
-    claim_token: bytes | None = None
-
-
-class Directory(Protocol):
-    """What verification needs from the registry (an I/O boundary)."""
-
-    def entry(self, dev: str, *, fresh: bool = False) -> DeviceEntry: ...
-
-    def bind(self, dev: str, key: bytes) -> None: ...
-
-
-class RegistryDirectory:
-    """:class:`Directory` over the fleet registry, cached for :data:`REGISTRY_RECHECK_S`."""
-
-    def __init__(self, registry: Registry, clock: Callable[[], float] = time.monotonic) -> None:
-        self._registry = registry
-        self._clock = clock
-        self._cache: dict[str, tuple[float, DeviceEntry]] = {}
-
-    def entry(self, dev: str, *, fresh: bool = False) -> DeviceEntry:
-        now = self._clock()
-        hit = self._cache.get(dev)
-        if hit is not None and not fresh and now - hit[0] < REGISTRY_RECHECK_S:
-            return hit[1]
-        if len(self._cache) >= DIRECTORY_CACHE:
-            self._cache.clear()
-        try:
-            rec = self._registry.get_device(dev)
-        except NotFoundError:
-            e = DeviceEntry(known=False)
-        else:
-            token = None if rec.public_key is not None else self._registry.claim_token(dev)
-            e = DeviceEntry(True, rec.revoked_ms is not None, rec.public_key, token)
-        self._cache[dev] = (now, e)
-        return e
-
-    def bind(self, dev: str, key: bytes) -> None:
-        self._registry.bind_key(dev, key)
-        self._cache.pop(dev, None)
-
-
-# ---- verification of one message (no threads, no MQTT) ----------------------------------------
-
-
-@dataclass(frozen=True)
-class Duplicate:
-    dev: str
-    boot: int
-
-
-Outcome = Candidate | Rejected | Duplicate | StateUpdate
-
-
-def _sanitize(text: str, limit: int = 80) -> str:
-    """Device-supplied text made safe for a log line: escaped and bounded (fleet_cli/terminal.py)."""
-    return escape(text, limit)
-
-
-@dataclass(frozen=True)
-class Route:
-    """A message that needs only :func:`~fleet_cli.verify_worker.verify_bound` before the chain: the
-    topic is a device channel of this fleet, the device is known, not revoked and has a bound key."""
-
-    dev: str
-    channel: str
-    pipe: str | None
-    key: bytes
-
-
-# How many parsed topics the intake remembers (a fleet has a handful of topics per device).
-TOPIC_CACHE = 65_536
-
-
-class Intake:
-    """Decides about one received message: the verification steps of the module docstring.
-
-    :meth:`judge` does all of it in the calling thread. A collector with verify workers splits it:
-    :meth:`route` (cheap, in order) says whether the message can be verified elsewhere, the worker
-    runs :func:`~fleet_cli.verify_worker.verify_bound`, and :meth:`conclude` (in order) runs the chain.
-    """
-
-    def __init__(self, fleet: str, directory: Directory, chain: ChainVerifier) -> None:
-        self.fleet = fleet
-        self.directory = directory
-        self.chain = chain
-        self._verifiers = Verifiers()
-        self._topics: dict[str, DeviceTopic] = {}
-        self.late = 0
-
-    def _topic(self, topic: str) -> DeviceTopic:
-        """:func:`parse_topic`, remembered for valid topics (invalid ones are parsed again each time)."""
-        hit = self._topics.get(topic)
-        if hit is None:
-            hit = parse_topic(topic)
-            if len(self._topics) >= TOPIC_CACHE:
-                self._topics.clear()
-            self._topics[topic] = hit
-        return hit
-
-    def route(self, topic: str, payload: bytes) -> Route | None:
-        """The :class:`Route` of a message on the common path, or None: then :meth:`judge` decides it."""
-        try:
-            dt = self._topic(topic)
-        except InvalidTopic:
-            return None
-        if dt.fleet != self.fleet or len(payload) > MAX_ENVELOPE_BYTES or dt.channel not in DEVICE_SIGNED:
-            return None
-        entry = self.directory.entry(dt.dev)
-        if not entry.known or entry.revoked or entry.key is None:
-            return None
-        return Route(dt.dev, dt.channel.value, dt.pipe, entry.key)
-
-    def judge(self, topic: str, payload: bytes, t_received: int, now: float) -> Outcome:
-        def reject(verdict: Verdict, reason: str, dev: str | None = None) -> Rejected:
-            return Rejected(topic, dev, verdict, reason, payload, t_received)
-
-        try:
-            dt = self._topic(topic)
-        except InvalidTopic as e:
-            return reject(Verdict.TOPIC_MISMATCH, str(e))
-        dev = dt.dev
-        if dt.fleet != self.fleet:
-            return reject(Verdict.TOPIC_MISMATCH, f"topic of fleet {dt.fleet!r}, not {self.fleet!r}", dev)
-        if len(payload) > MAX_ENVELOPE_BYTES:
-            return reject(Verdict.TOO_LARGE, f"{len(payload)} bytes exceed {MAX_ENVELOPE_BYTES}", dev)
-        if dt.channel is Channel.STATE:
-            return self._state(dev, payload, t_received, reject)
-        if dt.channel not in DEVICE_SIGNED:
-            return reject(Verdict.TOPIC_MISMATCH, f"the collector takes no {dt.channel.value} messages", dev)
-        entry = self.directory.entry(dev)
-        if not entry.known:
-            return reject(Verdict.UNKNOWN_DEVICE, f"device {dev} is not in the registry", dev)
-        if entry.revoked:
-            return reject(Verdict.REVOKED, f"device {dev} is revoked", dev)
-        if entry.key is None and not self._is_claim(payload):
-            entry = self.directory.entry(dev, fresh=True)  # another collector may have bound it
-        if entry.key is not None:
-            item = (dev, dt.channel.value, dt.pipe, entry.key, payload)
-            answer = verify_bound(self.fleet, item, self._verifiers)
-            return self.conclude(topic, dev, answer, payload, t_received=t_received, now=now)
-        try:
-            opened, enrol = self._open_claim(dev, entry, payload)
-        except EnvelopeError as e:
-            return reject(e.verdict, e.reason, dev)
-        answer = check_opened(opened, dev, dt.channel.value, dt.pipe, None)
-        return self.conclude(topic, dev, answer, payload, t_received=t_received, now=now, enrol=enrol)
-
-    def conclude(
-        self,
-        topic: str,
-        dev: str,
-        answer: Answer,
-        payload: bytes,
-        *,
-        t_received: int,
-        now: float,
-        enrol: bytes | None = None,
-    ) -> Outcome:
-        """The chain (and enrolment) for a message whose signature and payload were checked: ``answer``
-        is what :func:`~fleet_cli.verify_worker.verify_bound` or ``check_opened`` said about it."""
-        if type(answer) is Refused:
-            return Rejected(topic, dev, Verdict(answer.verdict), answer.reason, payload, t_received)
-        v = cast("Verified", answer)
-        boot, seq, gap = v.boot, v.seq, v.gap
-        decision = self.chain.observe(Link(dev, boot, seq, v.prev, v.msg_id), now, gap[:3] if gap else None)
-        verdict = decision.verdict
-        if verdict is Verdict.DUPLICATE:
-            return Duplicate(dev, boot)
-        if verdict is not Verdict.ACCEPTED:
-            log.warning("%s from %s boot %d seq %d: %s", verdict.value, dev, boot, seq, decision.reason)
-            return Rejected(topic, dev, verdict, decision.reason, payload, t_received)
-        if decision.late:
-            self.late += 1
-        if enrol is not None:
-            try:
-                self.directory.bind(dev, enrol)
-            except ConflictError as e:
-                return Rejected(topic, dev, Verdict.CLAIM_INVALID, str(e), payload, t_received)
-            log.info("device %s enrolled by its claim", dev)
-        return Candidate(dev, t_received, payload, *v)
-
-    @staticmethod
-    def _is_claim(payload: bytes) -> bool:
-        try:
-            o = decode_unverified(payload)
-        except EnvelopeError:
-            return False
-        return o.kind is Kind.BIRTH and Key.CLAIM in o.payload
-
-    def _open_claim(self, dev: str, entry: DeviceEntry, payload: bytes) -> tuple[Opened, bytes]:
-        o = decode_unverified(payload)  # MALFORMED / TOO_LARGE before anything else
-        if o.kind is not Kind.BIRTH or Key.CLAIM not in o.payload:
-            raise EnvelopeError(
-                Verdict.UNKNOWN_KEY, f"device {dev} has no key bound yet (waiting for its first birth)"
-            )
-        key = bytes(o.payload[Key.KEY])
-        if entry.claim_token is None:
-            raise EnvelopeError(Verdict.CLAIM_INVALID, f"device {dev} has no pending claim token")
-        if not hmac.compare_digest(claim_tag(entry.claim_token, key, dev), bytes(o.payload[Key.CLAIM])):
-            raise EnvelopeError(Verdict.CLAIM_INVALID, "claim does not match the device's claim token")
-        return open_envelope(payload, self.fleet, key), key
-
-    def _state(self, dev: str, payload: bytes, t_received: int, reject: Callable[..., Rejected]) -> Outcome:
-        """An advisory state message (docs/protocol.md §5): unsigned, so it counts only for a registered,
-        unrevoked device, and only in the documented form; anything else is quarantined (bounded)."""
-        entry = self.directory.entry(dev)
-        if not entry.known:
-            return reject(Verdict.UNKNOWN_DEVICE, f"state of device {dev}, which is not in the registry", dev)
-        if entry.revoked:
-            return reject(Verdict.REVOKED, f"state of device {dev}, which is revoked", dev)
-        try:
-            st = parse_state(payload)
-        except StateError as e:
-            return reject(Verdict.MALFORMED, str(e), dev)
-        return StateUpdate(dev, st.presence.value, st.boot, st.t, t_received)
-
-
-# ---- statistics -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CollectorStats:
-    accepted: int
-    rejected: dict[str, int]  # verdict -> count (DUPLICATE not included)
-    duplicates: int
-    stored_by_device: dict[str, int]
-    labels_by_device: dict[str, dict[str, int]]
-    gaps: int  # seqs reported missing after the reorder timeout (and still missing from the store)
-    late: int  # messages accepted after their seq had been reported as a gap
-    latency_ms_p50: float | None
-    latency_ms_p95: float | None
-    msgs_per_s: float
-    batches: int
-    queue_depth: int
-    online: int
-    dropped_qos0: int
-    quarantine_evicted: int  # quarantine rows this collector's commits evicted (the bound)
-    error: str | None
-    # Every message taken from the broker is one of: accepted, a duplicate, rejected (quarantined:
-    # received == accepted + duplicates + sum(rejected) + states once idle), or an applied state.
-    received: int = 0
-    states: int = 0  # advisory state messages applied
-    internal_errors: int = 0  # messages whose handling raised; each was still quarantined
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "accepted": self.accepted,
-            "rejected": dict(self.rejected),
-            "duplicates": self.duplicates,
-            "stored_by_device": dict(self.stored_by_device),
-            "labels_by_device": {k: dict(v) for k, v in self.labels_by_device.items()},
-            "gaps": self.gaps,
-            "late": self.late,
-            "latency_ms_p50": self.latency_ms_p50,
-            "latency_ms_p95": self.latency_ms_p95,
-            "msgs_per_s": self.msgs_per_s,
-            "batches": self.batches,
-            "queue_depth": self.queue_depth,
-            "online": self.online,
-            "dropped_qos0": self.dropped_qos0,
-            "quarantine_evicted": self.quarantine_evicted,
-            "error": self.error,
-            "received": self.received,
-            "states": self.states,
-            "internal_errors": self.internal_errors,
-        }
-
-
-@dataclass
-class _Counters:
-    accepted: int = 0
-    rejected: dict[str, int] = field(default_factory=dict)
-    duplicates: int = 0
-    by_device: dict[str, int] = field(default_factory=dict)
-    labels: dict[str, dict[str, int]] = field(default_factory=dict)
-    gaps: int = 0
-    batches: int = 0
-    dropped_qos0: int = 0
-    quarantine_evicted: int = 0
-    latency: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
-    rate_marks: deque[tuple[float, int]] = field(default_factory=deque)
-    states: dict[str, tuple[str, int | None]] = field(default_factory=dict)
-    boots: dict[str, int] = field(default_factory=dict)
-    received: int = 0
-    states_applied: int = 0
-    internal_errors: int = 0
-
-    def online(self) -> int:
-        """Devices that count as online by :func:`edge_protocol.state.online`."""
-        return sum(
-            device_online({"state": state, "boot": boot}, self.boots.get(dev)) == "online"
-            for dev, (state, boot) in self.states.items()
-        )
 
 
 # ---- the collector --------------------------------------------------------------------------
@@ -618,7 +204,7 @@ class Collector:
                 cfg.fleet, cfg.verify_workers, lambda i, a: self._queue.put(_Answers(i, a))
             )
         if cfg.metrics_port is not None:
-            from fleet_cli.metrics import CollectorMetrics
+            from fleet_cli.collector.metrics import CollectorMetrics
 
             totals = QuarantineCount.sum(store.quarantine_tally().values())
             self._metrics = CollectorMetrics(
@@ -1173,18 +759,3 @@ class Collector:
                 return True
             time.sleep(0.05)
         return False
-
-
-__all__ = [
-    "Collector",
-    "CollectorConfig",
-    "CollectorError",
-    "CollectorStats",
-    "DeviceEntry",
-    "Directory",
-    "Duplicate",
-    "GapReport",
-    "Intake",
-    "RegistryDirectory",
-    "Route",
-]

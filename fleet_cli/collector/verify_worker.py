@@ -10,11 +10,12 @@ The answer is a named tuple, so that it crosses a process boundary cheaply and r
 
 * :class:`Refused` ``(verdict, reason)`` for a rejection;
 * :class:`Verified` for a message that passed: what the collector's chain verifier and store need,
-  in the field order of :class:`fleet_cli.store.Candidate` (which is ``dev, t_received, cose`` and
+  in the field order of :class:`fleet_cli.collector.store.Candidate` (which is ``dev, t_received, cose`` and
   then exactly these fields), so the collector builds a candidate as ``Candidate(dev, t, cose, *v)``.
 
-:class:`VerifyPool` runs :func:`verify_bound` in worker processes (``python -m fleet_cli.verify_worker``),
-so the signature checks of a busy collector run on another core than its MQTT network thread and store.
+:class:`VerifyPool` runs :func:`verify_bound` in worker processes
+(``python -m fleet_cli.collector.verify_worker``), so the signature checks of a busy collector run
+on another core than its MQTT network thread and store.
 Work goes out in chunks of ``(dev, channel, pipe, key, cose)`` and comes back, per chunk and in order,
 as a list of those tuples.
 """
@@ -53,7 +54,7 @@ JOIN_TIMEOUT_S = 5.0
 
 
 class Verified(NamedTuple):
-    """A message that passed (module docstring): :class:`fleet_cli.store.Candidate` without the
+    """A message that passed (module docstring): :class:`fleet_cli.collector.store.Candidate` without the
     ``dev``, ``t_received`` and ``cose`` the collector already holds, in the same order."""
 
     boot: int
@@ -254,7 +255,7 @@ class VerifyPool:
     """``workers`` processes verifying chunks; answers are handed to ``on_answers`` from a reader thread
     per worker, for each worker in the order its chunks were submitted.
 
-    The workers are plain ``python -m fleet_cli.verify_worker`` processes talking over a socket pair
+    The workers are plain ``python -m fleet_cli.collector.verify_worker`` processes talking over a socket pair
     (not ``multiprocessing``, whose "spawn" re-imports the caller's ``__main__`` and so would demand an
     ``if __name__ == "__main__"`` guard from every program that embeds a collector; "fork" is unsafe in
     a process that already runs threads).
@@ -278,7 +279,7 @@ class VerifyPool:
             ours, theirs = socket.socketpair()
             try:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "fleet_cli.verify_worker", str(theirs.fileno()), fleet],
+                    [sys.executable, "-m", "fleet_cli.collector.verify_worker", str(theirs.fileno()), fleet],
                     pass_fds=(theirs.fileno(),),
                     stdin=subprocess.DEVNULL,
                     env=env,
@@ -355,7 +356,8 @@ class VerifyPool:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m fleet_cli.verify_worker FD FLEET``: serve the collector on the inherited socket FD."""
+    """``python -m fleet_cli.collector.verify_worker FD FLEET``: serve the collector on the inherited
+    socket FD."""
     fd, fleet = int(argv[0]), argv[1]
     _worker_main(Connection(fd), fleet)
     return 0
@@ -363,7 +365,7 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     # Run the imported module's main, not this __main__ copy's: the answers are pickled, and their
-    # classes (Verified, Refused) must be fleet_cli.verify_worker's, which the collector can load.
-    from fleet_cli import verify_worker  # noqa: PLW0406 - the imported module, not this __main__ copy
+    # classes (Verified, Refused) must be the importable module's, which the collector can load.
+    from fleet_cli.collector import verify_worker  # noqa: PLW0406 - the importable module, not __main__
 
     sys.exit(verify_worker.main(sys.argv[1:]))

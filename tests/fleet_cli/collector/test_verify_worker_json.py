@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edge_protocol.payload import to_json
-from fleet_cli.verify_worker import _json
+from fleet_cli.collector.verify_worker import _json
 
 _scalars = st.one_of(
     st.none(),

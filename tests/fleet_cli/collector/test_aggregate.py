@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleet_cli.aggregate import (
+from fleet_cli.collector.aggregate import (
     MAX_DURATION_S,
     Aggregator,
     By,
@@ -71,7 +71,7 @@ def test_one_online_rule(presence: str, boot: int | None, current: int | None) -
     """`fleet status`/`fleet stats` (a store row) and the collector's online gauge (its counters)
     answer as edge_protocol.state.online does."""
     from edge_protocol.state import Presence, State, online
-    from fleet_cli.collector import _Counters
+    from fleet_cli.collector.stats import _Counters
 
     expected = online(State(Presence(presence), boot, None), current)
     assert device_online({"state": presence, "boot": boot}, current) == ("online" if expected else "offline")

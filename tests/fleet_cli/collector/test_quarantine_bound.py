@@ -18,10 +18,9 @@ from hypothesis import strategies as st
 
 from edge_protocol.envelope import Verdict
 from edge_protocol.topics import Channel, device_topic
-from fleet_cli import store as store_mod
 from fleet_cli.app import main
-from fleet_cli.registry import Registry
-from fleet_cli.store import (
+from fleet_cli.collector import store as store_mod
+from fleet_cli.collector.store import (
     Batch,
     QuarantineCount,
     Rejected,
@@ -30,6 +29,7 @@ from fleet_cli.store import (
     default_store_path,
     eviction_plan,
 )
+from fleet_cli.registry import Registry
 from tests.conftest import Broker
 from tests.fleet_cli._collect_sim import Publisher, add_devices, collector_config, running, unique_fleet
 
