@@ -16,7 +16,6 @@ import typer
 
 from broker_config.errors import BrokerError
 from edge_protocol.errors import ProtocolError
-from fleet_cli import flash_cmd
 from fleet_cli.commands import (
     broker,
     cmd,
@@ -31,6 +30,7 @@ from fleet_cli.commands import (
     user,
     watch,
 )
+from fleet_cli.commands import flash as flash_cmd
 from fleet_cli.errors import FleetError
 from fleet_cli.terminal import escape
 

@@ -272,7 +272,7 @@ class VerifyPool:
         self._locks: list[threading.Lock] = []
         self._dead: list[bool] = []
         self._next = 0
-        root = str(Path(__file__).resolve().parent.parent)  # where fleet_cli and edge_protocol live
+        root = str(Path(__file__).resolve().parents[2])  # where fleet_cli and edge_protocol live
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
         for _ in range(workers):

@@ -11,7 +11,7 @@ from edge_agent.errors import IdentityError
 from edge_agent.identity import BOOT_FILE, MAX_BOOT, REENROL_HINT, next_boot, read_boot
 from fleet_cli.app import main
 
-INSTALL_SH = Path(__file__).parents[2] / "fleet_cli" / "bundle_templates" / "install.sh.tmpl"
+INSTALL_SH = Path(__file__).parents[2] / "fleet_cli" / "flash" / "templates" / "install.sh.tmpl"
 
 
 def test_boot_counter(tmp_path: Path) -> None:

@@ -81,7 +81,7 @@ MODE_SECRET = 0o600
 MODE_FILE = 0o644
 MODE_EXEC = 0o755
 # A manifest of a few hundred wheels is tens of KiB; the verifier refuses anything over 4 MiB
-# rather than parse it (the same bound is in bundle_templates/verify.py.tmpl).
+# rather than parse it (the same bound is in fleet_cli/flash/templates/verify.py.tmpl).
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 # glibc of the default aarch64/x86_64 targets: 2.35 is Ubuntu 22.04, Debian 12 / Raspberry Pi OS
 # bookworm have 2.36; manylinux wheels for any glibc from 2.17 (manylinux2014) up to it install there.
@@ -536,16 +536,16 @@ def render_unit(device: str, serial_port: str) -> str:
 
 
 def _template(name: str) -> str:
-    return resources.files("fleet_cli").joinpath("bundle_templates", name).read_text(encoding="utf-8")
+    return resources.files("fleet_cli.flash").joinpath("templates", name).read_text(encoding="utf-8")
 
 
 def render_install_script(device: str, fleet: str) -> str:
-    """``install.sh`` (bundle_templates/install.sh.tmpl) for one device."""
+    """``install.sh`` (fleet_cli/flash/templates/install.sh.tmpl) for one device."""
     return _template("install.sh.tmpl").replace("@@DEVICE@@", device).replace("@@FLEET@@", fleet)
 
 
 def render_verifier() -> str:
-    """``verify.py`` (bundle_templates/verify.py.tmpl): stdlib only, BLAKE3 through a bundled wheel."""
+    """``verify.py`` (templates/verify.py.tmpl): stdlib only, BLAKE3 through a bundled wheel."""
     return _template("verify.py.tmpl")
 
 

@@ -35,8 +35,9 @@ from fleet_cli.flash import (
     render_unit,
     render_user_data,
 )
-from fleet_cli.flash_cmd import (
-    Bundle,
+from fleet_cli.flash.boot import plan_boot
+from fleet_cli.flash.build import Bundle, source_tree
+from fleet_cli.flash.ssh import (
     BundleMismatch,
     RemoteError,
     SshTarget,
@@ -45,12 +46,10 @@ from fleet_cli.flash_cmd import (
     explain_ssh_failure,
     install_over_ssh,
     parse_ssh_target,
-    plan_boot,
-    source_tree,
     ssh_steps,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 # Import names of the agent's third-party dependencies -> their distribution names.
 IMPORT_TO_DIST = {
     "paho": "paho-mqtt",
@@ -454,7 +453,7 @@ def test_verifier_checks_the_glibc_the_wheels_ask_for(tmp_path: Path) -> None:
 def test_verifier_glibc_rule() -> None:
     import runpy
 
-    ns = runpy.run_path(str(Path(flash.__file__).parent / "bundle_templates" / "verify.py.tmpl"))
+    ns = runpy.run_path(str(Path(flash.__file__).parent / "templates" / "verify.py.tmpl"))
     wheel_glibc, check_glibc, refused = ns["wheel_glibc"], ns["check_glibc"], ns["Refused"]
     assert wheel_glibc("ai_edge_litert-2.3.0-cp311-cp311-manylinux_2_27_aarch64.whl") == (2, 27)
     # compressed tags: any one is enough

@@ -34,8 +34,10 @@ from fleet_cli.app import main as fleet_main
 from fleet_cli.broker import render_broker
 from fleet_cli.collector.config import CollectorConfig
 from fleet_cli.collector.service import Collector
+from fleet_cli.commands.flash import flash_device
 from fleet_cli.flash import check_wheel_tags, render_sha256sums, wheel_tags
-from fleet_cli.flash_cmd import BundleMismatch, BundleOptions, Step, flash_device, run_step
+from fleet_cli.flash.build import BundleOptions
+from fleet_cli.flash.ssh import BundleMismatch, Step, run_step
 from fleet_cli.home import FleetHome, init_fleet
 from fleet_cli.registry import Registry
 from tests.broker_config._helpers import reachable
@@ -58,7 +60,7 @@ NO_NETWORK = {
 }
 FIRST_RESULT_TIMEOUT_S = 60.0
 FIGURES: dict[str, float] = {}
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 # A public key whose private half the attacker holds.
 ATTACKER_KEY = "ee" * 32
 
