@@ -50,7 +50,7 @@ from edge_protocol.payload import Key, Kind
 from edge_protocol.topics import Channel, device_topic, verified_topic
 from fleet_cli.collector.config import CollectorConfig
 from fleet_cli.collector.service import Collector
-from fleet_cli.mqtt import Protocol
+from fleet_cli.mqtt.connection import MqttVersion
 from fleet_cli.registry import Registry
 
 FLEET = "bench"
@@ -308,7 +308,7 @@ def main() -> int:
             reg.bind_key("dev-lat", lat_dev.signer.public_key)
         births = [d.birth() for d in devices]
         publish_all(port, births)  # not retained: births just start the chains
-        proto = Protocol(a.protocol)
+        proto = MqttVersion(a.protocol)
         base = CollectorConfig(
             fleet=FLEET, store_path=work / "one.db", port=port, protocol=proto, client_id="one",
             reorder_timeout_s=60, publish_verified=False,
@@ -332,7 +332,7 @@ def main() -> int:
             two_msgs,
             n,
         )
-        paho_proto = mqtt.MQTTv5 if proto is Protocol.V5 else mqtt.MQTTv311
+        paho_proto = mqtt.MQTTv5 if proto is MqttVersion.V5 else mqtt.MQTTv311
         raw = raw_paho_rate(port, backlog(n), paho_proto)
         lat_dev_birth = lat_dev.birth()
         publish_all(port, [lat_dev_birth])

@@ -37,6 +37,7 @@ from edge_protocol.errors import InvalidId
 from edge_protocol.ids import validate_id
 from edge_protocol.keys import Signer, atomic_write, write_private_key
 from fleet_cli.errors import FleetError, UsageError
+from fleet_cli.mqtt.connection import MqttSettings, MqttVersion
 from fleet_cli.registry import Registry
 
 if sys.version_info >= (3, 11):
@@ -384,3 +385,43 @@ def init_fleet(
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
         raise
     return target
+
+
+def mqtt_settings(
+    home: FleetHome,
+    user: str,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    password: str | None = None,
+    tls_ca: Path | None = None,
+    protocol: MqttVersion = MqttVersion.AUTO,
+    client_id: str | None = None,
+    persistent: bool = False,
+) -> MqttSettings:
+    """Connection settings for ``user`` of the fleet in ``home``.
+
+    Default: the broker's plain loopback listener when it has one (no TLS needed on the same host),
+    else its TLS listener checked against the fleet CA. ``--port`` alone picks TLS when it is the
+    configured TLS port. The password comes from the registry unless given.
+    """
+    b = home.config.broker
+    if port is None:
+        port = b.plain_port or b.tls_port
+    if tls_ca is None and port == b.tls_port:
+        tls_ca = home.ca_cert
+    if host is None:
+        host = "127.0.0.1" if tls_ca is None else b.host
+    if password is None:
+        with Registry(home.registry_db) as reg:
+            password = reg.user_credentials(user).password
+    return MqttSettings(
+        host=host,
+        port=port,
+        username=user,
+        password=password,
+        tls_ca=tls_ca,
+        protocol=protocol,
+        client_id=client_id or user,
+        persistent=persistent,
+    )

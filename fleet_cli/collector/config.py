@@ -17,8 +17,7 @@ from fleet_cli.collector.store import (
     QUARANTINE_MAX_ROWS,
 )
 from fleet_cli.errors import FleetError
-from fleet_cli.mqtt import RECEIVE_MAXIMUM, MqttSettings
-from fleet_cli.mqtt import Protocol as MqttProtocol
+from fleet_cli.mqtt.connection import RECEIVE_MAXIMUM, MqttSettings, MqttVersion
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +92,7 @@ class CollectorConfig:
     username: str | None = None
     password: str | None = None  # secret: not shown by repr
     tls_ca: Path | None = None
-    protocol: MqttProtocol = MqttProtocol.AUTO
+    protocol: MqttVersion = MqttVersion.AUTO
     client_id: str = ""  # "" = derived from the username (brokers with use_username_as_clientid ignore it)
     share_group: str | None = None  # subscribe through $share/GROUP/...
     batch_max_messages: int = BATCH_MAX_MESSAGES

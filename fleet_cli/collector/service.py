@@ -102,7 +102,7 @@ from fleet_cli.collector.verify_worker import (
     Item,
     VerifyPool,
 )
-from fleet_cli.mqtt import Link as MqttLink
+from fleet_cli.mqtt.connection import Connection
 from fleet_cli.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ class Collector:
         self._c = _Counters()
         self._accepting = False
         self._worker: threading.Thread | None = None
-        self._link: MqttLink | None = None
+        self._link: Connection | None = None
         self._store: Store | None = None
         self._intake: Intake | None = None
         self._pool: VerifyPool | None = None
@@ -213,7 +213,7 @@ class Collector:
                 quarantine_max=cfg.quarantine_max,
             )
             self._metrics_server = self._metrics.serve(cfg.metrics_port, cfg.metrics_addr)
-        self._link = MqttLink(
+        self._link = Connection(
             cfg.mqtt_settings(),
             subscriptions=cfg.filters(),
             on_raw=self._on_message,

@@ -27,8 +27,8 @@ from edge_protocol.keys import Signer, read_private_key
 from edge_protocol.payload import INT_MAX, MAX_TEXT_KEY_BYTES, Key, Kind, to_json
 from edge_protocol.topics import Channel, device_topic
 from fleet_cli.errors import FleetError, UsageError
-from fleet_cli.home import FleetHome
-from fleet_cli.mqtt import Link, MqttSettings, Protocol, Received, settings_from_home
+from fleet_cli.home import FleetHome, mqtt_settings
+from fleet_cli.mqtt.connection import Connection, MqttSettings, MqttVersion, Received
 from fleet_cli.options import HomeOption
 from fleet_cli.registry import Registry
 
@@ -142,7 +142,9 @@ def send_command(
     except EnvelopeError as e:  # parse_args leaves only the arguments' total size to fail here
         raise UsageError(f"command {name!r} cannot be sent: {e}", hint="shorten its arguments") from None
     q: queue.Queue[Received] = queue.Queue()
-    link = Link(settings, subscriptions=[device_topic(fleet, dev, Channel.REPLY)], on_message=q.put).connect()
+    link = Connection(
+        settings, subscriptions=[device_topic(fleet, dev, Channel.REPLY)], on_message=q.put
+    ).connect()
     try:
         link.publish_wait(device_topic(fleet, dev, Channel.CMD), sealed.cose, qos=1)
         deadline = time.monotonic() + wait_s
@@ -182,7 +184,7 @@ def cmd(
     password: Annotated[str | None, typer.Option("--password", envvar="EDGESEAL_MQTT_PASSWORD")] = None,
     host: Annotated[str | None, typer.Option("--host", help="Broker host.")] = None,
     port: Annotated[int | None, typer.Option("--port", help="Broker port.")] = None,
-    protocol: Annotated[Protocol, typer.Option("--protocol", help="MQTT version.")] = Protocol.AUTO,
+    protocol: Annotated[MqttVersion, typer.Option("--protocol", help="MQTT version.")] = MqttVersion.AUTO,
 ) -> None:
     """Send a signed command to a device and print its signed reply (exit 1 on refusal or timeout)."""
     try:
@@ -199,7 +201,7 @@ def cmd(
             reg.get_device(device)  # NotFoundError names the problem
             raise FleetError(f"device {device} has no key bound yet", hint="it enrols with its first birth")
     operator = read_private_key(fleet_home.operator_key)
-    settings = settings_from_home(
+    settings = mqtt_settings(
         fleet_home, user or fleet_home.config.operator_user, host=host, port=port, password=password,
         protocol=protocol,
     )  # fmt: skip

@@ -15,8 +15,8 @@ from fleet_cli.collector.config import ACK_INTERVAL_S, REORDER_TIMEOUT_S, Collec
 from fleet_cli.collector.service import Collector
 from fleet_cli.collector.store import QUARANTINE_MAX_ROWS, default_store_path
 from fleet_cli.errors import UsageError
-from fleet_cli.home import FleetHome
-from fleet_cli.mqtt import Protocol, settings_from_home
+from fleet_cli.home import FleetHome, mqtt_settings
+from fleet_cli.mqtt.connection import MqttVersion
 from fleet_cli.options import HomeOption, StoreOption
 from fleet_cli.registry import Registry
 
@@ -36,7 +36,7 @@ def collect(
         int | None, typer.Option("--port", help="Broker port (default: plain, else TLS).")
     ] = None,
     tls_ca: Annotated[Path | None, typer.Option("--tls-ca", help="CA certificate: use TLS.")] = None,
-    protocol: Annotated[Protocol, typer.Option("--protocol", help="MQTT version.")] = Protocol.AUTO,
+    protocol: Annotated[MqttVersion, typer.Option("--protocol", help="MQTT version.")] = MqttVersion.AUTO,
     share: Annotated[
         str | None, typer.Option("--share", help="Shared-subscription group: collectors split the load.")
     ] = None,
@@ -80,7 +80,7 @@ def collect(
             hint=f"the default is {QUARANTINE_MAX_ROWS:,}; evicted rows are counted, not kept",
         )
     name = user or fleet_home.config.collector_user
-    mqtt = settings_from_home(
+    mqtt = mqtt_settings(
         fleet_home, name, host=host, port=port, password=password, tls_ca=tls_ca, protocol=protocol
     )
     config = CollectorConfig(

@@ -13,8 +13,8 @@ from typing import Annotated, Any
 
 import typer
 
-from fleet_cli.demo import Demo, DemoOptions
-from fleet_cli.demo_collector import CollectorView
+from fleet_cli.demo.run import Demo, DemoOptions
+from fleet_cli.demo.view import CollectorView
 from fleet_cli.terminal import MAX_CELL_CHARS, escape, safe_text
 
 # The attack is injected once the fleet is warm, a third of the way in (at least 4 s after start).
@@ -47,9 +47,9 @@ class DemoSnapshot:
 
 
 def take_snapshot(demo: Demo) -> DemoSnapshot:
-    from fleet_cli.demo_collector import collector_view
+    from fleet_cli.demo.view import collector_view
 
-    view = collector_view(demo)
+    view = collector_view(demo.collector, demo.store_path)
     alive = demo.agents_alive()
     rows = []
     for s in demo.scripts:

@@ -17,8 +17,8 @@ from edge_protocol.errors import InvalidId
 from edge_protocol.ids import validate_id
 from edge_protocol.topics import FLEET_SEGMENT, fleet_prefix
 from fleet_cli.errors import FleetError, UsageError
-from fleet_cli.home import FleetHome
-from fleet_cli.mqtt import Link, MqttSettings, Protocol, Received, settings_from_home
+from fleet_cli.home import FleetHome, mqtt_settings
+from fleet_cli.mqtt.connection import Connection, MqttSettings, MqttVersion, Received
 from fleet_cli.options import HomeOption
 from fleet_cli.registry import Registry
 from fleet_cli.terminal import MAX_CELL_CHARS, escape
@@ -74,7 +74,7 @@ def watch_results(
 ) -> int:
     """Receive verified results and call ``emit(doc)`` for each; returns how many were shown."""
     q: queue.Queue[Received] = queue.Queue()
-    link = Link(
+    link = Connection(
         settings, subscriptions=[verified_filter(fleet, dev, pipe)], qos=0, on_message=q.put
     ).connect()
     shown = 0
@@ -109,7 +109,7 @@ def watch(
     password: Annotated[str | None, typer.Option("--password", envvar="EDGESEAL_MQTT_PASSWORD")] = None,
     host: Annotated[str | None, typer.Option("--host", help="Broker host.")] = None,
     port: Annotated[int | None, typer.Option("--port", help="Broker port.")] = None,
-    protocol: Annotated[Protocol, typer.Option("--protocol", help="MQTT version.")] = Protocol.AUTO,
+    protocol: Annotated[MqttVersion, typer.Option("--protocol", help="MQTT version.")] = MqttVersion.AUTO,
     count: Annotated[int | None, typer.Option("--count", help="Exit after this many results.")] = None,
     timeout: Annotated[
         float | None, typer.Option("--timeout", help="Exit after this many seconds without a result.")
@@ -124,9 +124,7 @@ def watch(
                 raise UsageError(str(e), hint=e.hint) from None
     fleet_home = FleetHome.load(home)
     name = user or _default_viewer(fleet_home)
-    settings = settings_from_home(
-        fleet_home, name, host=host, port=port, password=password, protocol=protocol
-    )
+    settings = mqtt_settings(fleet_home, name, host=host, port=port, password=password, protocol=protocol)
 
     def emit(doc: dict[str, Any]) -> None:
         # json.dumps escapes every control and non-ASCII character: exact and safe (see terminal.py).

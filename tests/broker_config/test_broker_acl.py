@@ -380,26 +380,28 @@ def test_matrix_with_mosquitto_clients(env: Env, capsys: pytest.CaptureFixture[s
 
 
 def test_fleet_link_connects_and_is_refused_cleanly(env: Env) -> None:
-    """fleet_cli.mqtt.Link, as `fleet collect` and `fleet cmd` use it, against the hardened broker: the
-    right password connects over TLS with MQTT 5; a wrong one is one MqttError naming the refusal, with
-    no 3.1.1 retry and no paho thread left behind."""
+    """fleet_cli.mqtt.connection.Connection, as `fleet collect` and `fleet cmd` use it, against the
+    hardened broker: the right password connects over TLS with MQTT 5; a wrong one is one MqttError
+    naming the refusal, with no 3.1.1 retry and no paho thread left behind."""
     import threading
 
-    from fleet_cli.mqtt import Link, MqttError, MqttSettings, Protocol
+    from fleet_cli.mqtt.connection import Connection, MqttError, MqttSettings, MqttVersion
 
     base = MqttSettings(
         host="localhost", port=env.tls_port, username="collector", tls_ca=env.home.ca_cert,
-        protocol=Protocol.AUTO, client_id="link-test",
+        protocol=MqttVersion.AUTO, client_id="link-test",
     )  # fmt: skip
     threads = threading.active_count()
-    link = Link(
+    link = Connection(
         replace(base, password=env.creds["collector"]), subscriptions=[f"{env.prefix}/+/res/+"]
     ).connect()
-    assert link.protocol is Protocol.V5
+    assert link.protocol is MqttVersion.V5
     assert link.connected.is_set()
     link.close()
     with pytest.raises(MqttError, match="refused MQTT 5") as info:
-        Link(replace(base, password="wrong"), subscriptions=[f"{env.prefix}/+/res/+"]).connect(timeout_s=5)
+        Connection(replace(base, password="wrong"), subscriptions=[f"{env.prefix}/+/res/+"]).connect(
+            timeout_s=5
+        )
     assert "3.1.1" not in str(info.value)
     deadline = time.monotonic() + 5
     while threading.active_count() > threads and time.monotonic() < deadline:

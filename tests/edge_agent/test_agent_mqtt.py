@@ -255,7 +255,7 @@ def test_falls_back_to_mqtt_311_and_reconnects_cleanly(tmp_path: Path) -> None:
     """A 3.1.1-only broker (amqtt) that never answers an MQTT 5 CONNECT with a Will: with protocol
     "auto" the agent gives up after connect_timeout_s, speaks 3.1.1, and stays connected (a stale
     disconnect callback of the dropped client once made every later connection flap)."""
-    from fleet_cli.embedded_broker import EmbeddedBroker
+    from fleet_cli.demo.embedded_broker import EmbeddedBroker
 
     with EmbeddedBroker() as emb:
         broker = Broker(emb.host, emb.port, None)  # type: ignore[arg-type]

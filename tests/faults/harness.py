@@ -39,7 +39,7 @@ from firmware_bridge.sim.simulator import Simulator
 from fleet_cli.collector.config import CollectorConfig
 from fleet_cli.collector.service import Collector
 from fleet_cli.home import FleetHome, init_fleet
-from fleet_cli.mqtt import Protocol
+from fleet_cli.mqtt.connection import MqttVersion
 from fleet_cli.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -167,7 +167,7 @@ class Rig:
     """A fleet for one fault test. Use as a context manager; ``close`` stops everything."""
 
     def __init__(
-        self, tmp: Path, fleet: str, devices: int = 1, *, protocol: Protocol = Protocol.AUTO
+        self, tmp: Path, fleet: str, devices: int = 1, *, protocol: MqttVersion = MqttVersion.AUTO
     ) -> None:
         reachable(tmp)
         self.tmp = tmp

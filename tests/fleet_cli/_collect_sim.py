@@ -23,7 +23,7 @@ from edge_protocol.payload import Key, Kind
 from edge_protocol.topics import Channel, device_topic
 from fleet_cli.collector.config import CollectorConfig
 from fleet_cli.collector.service import Collector
-from fleet_cli.mqtt import Link, MqttSettings, Received
+from fleet_cli.mqtt.connection import Connection, MqttSettings, Received
 from fleet_cli.registry import Registry
 
 ZERO = bytes(32)
@@ -125,7 +125,7 @@ class Publisher:
     """A QoS 1 publisher that waits for every PUBACK."""
 
     def __init__(self, host: str, port: int, **kw: Any) -> None:
-        self.link = Link(
+        self.link = Connection(
             MqttSettings(host=host, port=port, client_id=f"pub-{secrets.token_hex(4)}", **kw)
         ).connect()
 
@@ -147,7 +147,7 @@ class Listener:
     def __init__(self, host: str, port: int, *filters: str) -> None:
         self.got: list[Received] = []
         self.cond = threading.Condition()
-        self.link = Link(
+        self.link = Connection(
             MqttSettings(host=host, port=port, client_id=f"lst-{secrets.token_hex(4)}"),
             subscriptions=filters,
             on_message=self._on,

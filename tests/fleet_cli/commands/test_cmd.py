@@ -18,7 +18,7 @@ from fleet_cli.app import main
 from fleet_cli.commands.cmd import parse_args
 from fleet_cli.errors import UsageError
 from fleet_cli.home import init_fleet
-from fleet_cli.mqtt import Link, MqttSettings, Received
+from fleet_cli.mqtt.connection import Connection, MqttSettings, Received
 from fleet_cli.registry import Registry
 from tests.conftest import Broker
 from tests.fleet_cli._collect_sim import Publisher, SimDevice, unique_fleet
@@ -53,7 +53,7 @@ def test_cmd_round_trip_and_refusal(
             r = dev.reply(o.payload[Key.ID], {"ok": ok, "cmd": o.payload[Key.CMD]})
         threading.Thread(target=pub.send, args=(r,)).start()  # never block paho's callback
 
-    device = Link(
+    device = Connection(
         MqttSettings(host=mosquitto.host, port=mosquitto.port, client_id=f"{fleet}-dev"),
         subscriptions=[device_topic(fleet, "dev-01", Channel.CMD)],
         on_message=answer,

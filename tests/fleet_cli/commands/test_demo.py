@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fleet_cli.commands.demo import DemoSnapshot, DeviceRow, _print_summary, _render, summary
-from fleet_cli.demo_collector import CollectorView
+from fleet_cli.demo.view import CollectorView
 from tests.fleet_cli._hostile import CLEAR, TITLE, assert_terminal_safe
 
 LABEL = "[/x]" + TITLE

@@ -14,7 +14,7 @@ from fleet_cli.collector.store import default_store_path
 from fleet_cli.commands import watch as watch_cmd
 from fleet_cli.commands.watch import format_result
 from fleet_cli.errors import FleetError
-from fleet_cli.mqtt import CONNECT_TIMEOUT_S, Link
+from fleet_cli.mqtt.connection import CONNECT_TIMEOUT_S, Connection
 from fleet_cli.registry import Registry
 from tests.conftest import Broker
 from tests.fleet_cli._collect_sim import Publisher, add_devices, collector_config, running, unique_fleet
@@ -23,17 +23,17 @@ from tests.fleet_cli._hostile import BIDI, CLEAR, LABELS, NUL, RED, SHOWN, TITLE
 
 @pytest.fixture
 def subscribed(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
-    """Set once the watcher's subscription is acknowledged (Link.connect waits for the SUBACK): results
+    """Set once the watcher's subscription is acknowledged (Connection.connect waits for the SUBACK): results
     are republished at QoS 0, so one sent earlier is not seen, however long a test sleeps."""
     event = threading.Event()
 
-    class _Link(Link):
-        def connect(self, timeout_s: float = CONNECT_TIMEOUT_S) -> Link:
+    class _Link(Connection):
+        def connect(self, timeout_s: float = CONNECT_TIMEOUT_S) -> Connection:
             link = super().connect(timeout_s)
             event.set()
             return link
 
-    monkeypatch.setattr(watch_cmd, "Link", _Link)
+    monkeypatch.setattr(watch_cmd, "Connection", _Link)
     return event
 
 

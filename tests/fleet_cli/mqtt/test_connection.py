@@ -1,7 +1,7 @@
-"""fleet_cli.mqtt.Link without a fleet: the connect paths (a 3.1.1-only broker, a broker that never
-answers, nothing listening), each ending in a connection or one MqttError and leaving no paho thread;
-and manual acknowledgement against a real Mosquitto (PUBACKs release the broker's in-flight window and
-settle the persistent session)."""
+"""fleet_cli.mqtt.connection.Connection without a fleet: the connect paths (a 3.1.1-only broker, a
+broker that never answers, nothing listening), each ending in a connection or one MqttError and leaving
+no paho thread; and manual acknowledgement against a real Mosquitto (PUBACKs release the broker's
+in-flight window and settle the persistent session)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import pytest
 
 from broker_config.runner import free_port
-from fleet_cli.embedded_broker import EmbeddedBroker
-from fleet_cli.mqtt import Link, MqttError, MqttSettings, Protocol, Received
+from fleet_cli.demo.embedded_broker import EmbeddedBroker
+from fleet_cli.mqtt.connection import Connection, MqttError, MqttSettings, MqttVersion, Received
 from tests.conftest import Broker
 
 pytestmark = pytest.mark.integration
@@ -35,10 +35,10 @@ def test_auto_falls_back_to_311_on_a_broker_without_mqtt5(no_thread_left: None) 
     with EmbeddedBroker() as broker:
         got: list[bytes] = []
         settings = MqttSettings(host=broker.host, port=broker.port, client_id="link-auto")
-        link = Link(settings, subscriptions=["t/#"], on_message=lambda m: got.append(m.payload))
+        link = Connection(settings, subscriptions=["t/#"], on_message=lambda m: got.append(m.payload))
         link.connect(timeout_s=3)
         try:
-            assert link.protocol is Protocol.V311
+            assert link.protocol is MqttVersion.V311
             link.publish_wait("t/x", b"hello")
             deadline = time.monotonic() + 5
             while not got and time.monotonic() < deadline:
@@ -51,15 +51,15 @@ def test_auto_falls_back_to_311_on_a_broker_without_mqtt5(no_thread_left: None) 
 def test_a_broker_that_never_answers_is_one_error(no_thread_left: None) -> None:
     with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts (backlog), never speaks MQTT
         port = silent.getsockname()[1]
-        settings = MqttSettings(host="127.0.0.1", port=port, protocol=Protocol.V5, client_id="link-silent")
+        settings = MqttSettings(host="127.0.0.1", port=port, protocol=MqttVersion.V5, client_id="link-silent")
         with pytest.raises(MqttError, match="no CONNACK"):
-            Link(settings).connect(timeout_s=1)
+            Connection(settings).connect(timeout_s=1)
 
 
 def test_nothing_listening_is_one_error(no_thread_left: None) -> None:
     settings = MqttSettings(host="127.0.0.1", port=free_port(), client_id="link-closed")
     with pytest.raises(MqttError, match="cannot reach the broker"):
-        Link(settings).connect(timeout_s=1)
+        Connection(settings).connect(timeout_s=1)
 
 
 # -- manual acknowledgement ----------------------------------------------------------------------------
@@ -81,11 +81,13 @@ def _settle(got: list[Received], timeout_s: float = 10.0) -> int:
     return len(got)
 
 
-def _acker(broker: Broker, protocol: Protocol, client_id: str, topic: str, got: list[Received]) -> Link:
+def _acker(
+    broker: Broker, protocol: MqttVersion, client_id: str, topic: str, got: list[Received]
+) -> Connection:
     settings = MqttSettings(
         host=broker.host, port=broker.port, protocol=protocol, client_id=client_id, persistent=True
     )
-    link = Link(
+    link = Connection(
         settings, subscriptions=[topic], on_message=got.append, manual_ack=True, receive_maximum=WINDOW
     )
     return link.connect(timeout_s=5)
@@ -93,7 +95,7 @@ def _acker(broker: Broker, protocol: Protocol, client_id: str, topic: str, got: 
 
 def _publish(broker: Broker, topic: str, n: int) -> None:
     settings = MqttSettings(host=broker.host, port=broker.port, client_id=f"pub-{uuid.uuid4().hex}")
-    pub = Link(settings).connect(timeout_s=5)
+    pub = Connection(settings).connect(timeout_s=5)
     try:
         for i in range(n):
             pub.publish_wait(topic, i.to_bytes(2, "big"))
@@ -101,9 +103,9 @@ def _publish(broker: Broker, topic: str, n: int) -> None:
         pub.close()
 
 
-@pytest.mark.parametrize("protocol", [Protocol.V5, Protocol.V311])
+@pytest.mark.parametrize("protocol", [MqttVersion.V5, MqttVersion.V311])
 def test_ack_many_releases_the_brokers_in_flight_window(
-    mosquitto: Broker, protocol: Protocol, no_thread_left: None
+    mosquitto: Broker, protocol: MqttVersion, no_thread_left: None
 ) -> None:
     """Unacknowledged QoS 1 deliveries stop at the window, and only ack_many's PUBACKs let the rest come.
 
@@ -118,7 +120,7 @@ def test_ack_many_releases_the_brokers_in_flight_window(
         _publish(mosquitto, topic, total)
         window = _settle(got)
         assert 0 < window < total
-        if protocol is Protocol.V5:
+        if protocol is MqttVersion.V5:
             assert window == WINDOW
         acked = 0
         while len(got) < total:
@@ -132,9 +134,9 @@ def test_ack_many_releases_the_brokers_in_flight_window(
         link.close()
 
 
-@pytest.mark.parametrize("protocol", [Protocol.V5, Protocol.V311])
+@pytest.mark.parametrize("protocol", [MqttVersion.V5, MqttVersion.V311])
 def test_acked_deliveries_leave_the_persistent_session(
-    mosquitto: Broker, protocol: Protocol, no_thread_left: None
+    mosquitto: Broker, protocol: MqttVersion, no_thread_left: None
 ) -> None:
     """After a reconnect the broker sends again exactly what was not acknowledged (the collector's
     promise: a message whose commit did not happen is delivered again)."""

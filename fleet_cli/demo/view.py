@@ -5,57 +5,24 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge_protocol.keys import read_private_key
-from fleet_cli.collector.config import CollectorConfig
 from fleet_cli.collector.service import Collector
-from fleet_cli.mqtt import Protocol
 
 if TYPE_CHECKING:
-    from fleet_cli.demo import AttackRecord, Demo
-
-# The demo shows results within a fraction of a second: commit often, ack often.
-DEMO_BATCH_DELAY_S = 0.05
-DEMO_ACK_INTERVAL_S = 0.5
-DEMO_REORDER_TIMEOUT_S = 10.0
+    from fleet_cli.demo.run import AttackRecord
 
 
-def start_collector(demo: Demo) -> Collector:
-    mqtt = demo.mqtt
-    username = password = None
-    if demo.broker_kind == "mosquitto":
-        user = demo.home.config.collector_user
-        creds = demo._registry.user_credentials(user)
-        username, password = creds.username, creds.password
-    config = CollectorConfig(
-        fleet=demo.home.fleet,
-        store_path=demo.store_path,
-        host=mqtt["host"],
-        port=mqtt["port"],
-        username=username,
-        password=password,
-        tls_ca=demo.home.ca_cert if mqtt.get("tls_ca") else None,
-        protocol=Protocol.V311 if demo.broker_kind == "embedded" else Protocol.AUTO,
-        client_id="demo-collector",
-        batch_max_delay_s=DEMO_BATCH_DELAY_S,
-        ack_interval_s=DEMO_ACK_INTERVAL_S,
-        reorder_timeout_s=DEMO_REORDER_TIMEOUT_S,
-    )
-    collector = Collector(config, demo._registry, read_private_key(demo.home.collector_key))
-    collector.start()
-    return collector
-
-
-def _store(demo: Demo) -> sqlite3.Connection:
-    conn = sqlite3.connect(f"file:{demo.store_path}?mode=ro", uri=True, timeout=1.0, check_same_thread=False)
+def _store(store_path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(f"file:{store_path}?mode=ro", uri=True, timeout=1.0, check_same_thread=False)
     conn.execute("PRAGMA query_only = 1")
     return conn
 
 
-def latest_result_raw(demo: Demo, dev: str) -> bytes | None:
+def latest_result_raw(store_path: Path, dev: str) -> bytes | None:
     """A genuine stored result of ``dev`` (the attacker replays it)."""
-    with _store(demo) as conn:
+    with _store(store_path) as conn:
         row = conn.execute(
             "SELECT cose FROM messages WHERE dev = ? AND kind = 1 ORDER BY id DESC LIMIT 1", (dev,)
         ).fetchone()
@@ -72,12 +39,12 @@ class CollectorView:
     latency_p50_ms: float | None
     latency_p95_ms: float | None
     devices: dict[str, dict[str, Any]]
-    _demo: Demo
+    _store_path: Path
 
     def verdict_of_attack(self, attack: AttackRecord) -> str | None:
         """What the collector decided about an injected message: its quarantine verdict, or
         DUPLICATE when the bytes are stored exactly once and the duplicate count rose after it."""
-        with _store(self._demo) as conn:
+        with _store(self._store_path) as conn:
             row = conn.execute(
                 "SELECT verdict FROM quarantine WHERE cose = ? LIMIT 1", (attack.data,)
             ).fetchone()
@@ -93,14 +60,15 @@ class CollectorView:
         return None
 
 
-def collector_view(demo: Demo) -> CollectorView:
-    s = demo.collector.snapshot() if demo.collector is not None else None
+def collector_view(collector: Collector | None, store_path: Path) -> CollectorView:
+    """The collector's counters, with each device's last label and counts from its store."""
+    s = collector.snapshot() if collector is not None else None
     if s is None:
-        return CollectorView(0, {}, 0, 0.0, 0, None, None, {}, demo)
+        return CollectorView(0, {}, 0, 0.0, 0, None, None, {}, store_path)
     devices: dict[str, dict[str, Any]] = {}
     last_labels: dict[str, str] = {}
     try:
-        with _store(demo) as conn:
+        with _store(store_path) as conn:
             for dev, label in conn.execute(
                 "SELECT dev, label FROM messages"
                 " WHERE id IN (SELECT max(id) FROM messages WHERE kind = 1 GROUP BY dev)"
@@ -127,5 +95,5 @@ def collector_view(demo: Demo) -> CollectorView:
         latency_p50_ms=s.latency_ms_p50,
         latency_p95_ms=s.latency_ms_p95,
         devices=devices,
-        _demo=demo,
+        _store_path=store_path,
     )

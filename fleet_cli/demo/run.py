@@ -36,8 +36,14 @@ from edge_protocol.keys import Signer, read_private_key
 from edge_protocol.topics import Channel, device_topic, fleet_device_filter
 from fleet_cli import flash, shipped_model
 from fleet_cli.errors import UsageError
+from fleet_cli.mqtt.connection import MqttVersion
 
 log = logging.getLogger(__name__)
+
+# The demo shows results within a fraction of a second: commit often, ack often.
+DEMO_BATCH_DELAY_S = 0.05
+DEMO_ACK_INTERVAL_S = 0.5
+DEMO_REORDER_TIMEOUT_S = 10.0
 
 FLEET = "demo"
 PIPE = flash.PIPELINE_NAME
@@ -250,7 +256,7 @@ class Demo:
         if self.broker_kind == "mosquitto":
             self._start_mosquitto(tls_port)
         else:
-            from fleet_cli.embedded_broker import EmbeddedBroker
+            from fleet_cli.demo.embedded_broker import EmbeddedBroker
 
             self._embedded = EmbeddedBroker().start()
             self.mqtt = {"host": "127.0.0.1", "port": self._embedded.port, "protocol": "3.1.1"}
@@ -352,9 +358,31 @@ class Demo:
         self._event(f"{len(self._agents)} edge-agent processes running the shipped int8 model")
 
     def _start_collector(self) -> None:
-        from fleet_cli.demo_collector import start_collector
+        from edge_protocol.keys import read_private_key
+        from fleet_cli.collector.config import CollectorConfig
+        from fleet_cli.collector.service import Collector
 
-        self.collector = start_collector(self)
+        mqtt = self.mqtt
+        username = password = None
+        if self.broker_kind == "mosquitto":
+            creds = self._registry.user_credentials(self.home.config.collector_user)
+            username, password = creds.username, creds.password
+        config = CollectorConfig(
+            fleet=self.home.fleet,
+            store_path=self.store_path,
+            host=mqtt["host"],
+            port=mqtt["port"],
+            username=username,
+            password=password,
+            tls_ca=self.home.ca_cert if mqtt.get("tls_ca") else None,
+            protocol=MqttVersion.V311 if self.broker_kind == "embedded" else MqttVersion.AUTO,
+            client_id="demo-collector",
+            batch_max_delay_s=DEMO_BATCH_DELAY_S,
+            ack_interval_s=DEMO_ACK_INTERVAL_S,
+            reorder_timeout_s=DEMO_REORDER_TIMEOUT_S,
+        )
+        self.collector = Collector(config, self._registry, read_private_key(self.home.collector_key))
+        self.collector.start()
         self._event("collector verifying, storing and acking (fleet-ack delivery)")
 
     def _attacker_client(self, client_id: str) -> Any:
@@ -394,9 +422,9 @@ class Demo:
         with self._lock:
             raw = self._captured.get(dev)
         if raw is None and self.collector is not None:
-            from fleet_cli.demo_collector import latest_result_raw
+            from fleet_cli.demo.view import latest_result_raw
 
-            raw = latest_result_raw(self, dev)
+            raw = latest_result_raw(self.store_path, dev)
         return raw
 
     def attack(self) -> None:

@@ -6,7 +6,7 @@ Rules from docs/field-notes.md this module keeps:
 * one network thread (paho's ``loop_start``); callbacks never block: ``on_message`` hands the message
   to the caller's function, which must only enqueue it;
 * with ``manual_ack`` the PUBACK of a QoS 1 delivery is sent only when the caller says so
-  (:meth:`Link.ack`): the collector acknowledges after the message is committed to its store, so the
+  (:meth:`Connection.ack`): the collector acknowledges after the message is committed to its store, so the
   broker keeps the message in the persistent session until then, and its in-flight window (MQTT 5
   Receive Maximum / Mosquitto ``max_inflight_messages``) is the back-pressure on a slow collector;
 * with ``use_username_as_clientid`` every connection needs a user of its own (a second login with the
@@ -34,7 +34,7 @@ from edge_protocol.mqtt import UNSUPPORTED_PROTOCOL_VERSION
 from fleet_cli.errors import FleetError
 
 if TYPE_CHECKING:
-    from fleet_cli.home import FleetHome
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class MqttError(FleetError):
     """The broker could not be reached, refused us, or the connection broke."""
 
 
-class Protocol(str, enum.Enum):
+class MqttVersion(str, enum.Enum):
     AUTO = "auto"
     V5 = "5"
     V311 = "3.1.1"
@@ -74,7 +74,7 @@ class MqttSettings:
     username: str | None = None
     password: str | None = None  # secret: never logged
     tls_ca: Path | None = None  # CA certificate file: TLS with hostname checking when set
-    protocol: Protocol = Protocol.AUTO
+    protocol: MqttVersion = MqttVersion.AUTO
     client_id: str = ""
     persistent: bool = False  # clean_start / clean_session False, session expiry set
     keepalive_s: int = KEEPALIVE_S
@@ -100,49 +100,7 @@ OnRaw = Callable[[str, bytes, int, int], None]
 """``on_raw(topic, payload, mid, qos)``: :data:`OnMessage` without building a :class:`Received`."""
 
 
-def settings_from_home(
-    home: FleetHome,
-    user: str,
-    *,
-    host: str | None = None,
-    port: int | None = None,
-    password: str | None = None,
-    tls_ca: Path | None = None,
-    protocol: Protocol = Protocol.AUTO,
-    client_id: str | None = None,
-    persistent: bool = False,
-) -> MqttSettings:
-    """Connection settings for ``user`` of the fleet in ``home``.
-
-    Default: the broker's plain loopback listener when it has one (no TLS needed on the same host),
-    else its TLS listener checked against the fleet CA. ``--port`` alone picks TLS when it is the
-    configured TLS port. The password comes from the registry unless given.
-    """
-    from fleet_cli.registry import Registry
-
-    b = home.config.broker
-    if port is None:
-        port = b.plain_port or b.tls_port
-    if tls_ca is None and port == b.tls_port:
-        tls_ca = home.ca_cert
-    if host is None:
-        host = "127.0.0.1" if tls_ca is None else b.host
-    if password is None:
-        with Registry(home.registry_db) as reg:
-            password = reg.user_credentials(user).password
-    return MqttSettings(
-        host=host,
-        port=port,
-        username=user,
-        password=password,
-        tls_ca=tls_ca,
-        protocol=protocol,
-        client_id=client_id or user,
-        persistent=persistent,
-    )
-
-
-class Link:
+class Connection:
     """One connection. ``on_message`` runs on paho's network thread and must not block."""
 
     def __init__(
@@ -163,7 +121,7 @@ class Link:
         self._on_raw_cb = on_raw
         self._manual_ack = manual_ack
         self._receive_maximum = receive_maximum
-        self.protocol: Protocol | None = None
+        self.protocol: MqttVersion | None = None
         self.connected = threading.Event()
         self._client: mqtt.Client | None = None
         self._connack: ReasonCode | None = None
@@ -176,12 +134,12 @@ class Link:
 
     # -- connecting ---------------------------------------------------------------------------
 
-    def connect(self, timeout_s: float = CONNECT_TIMEOUT_S) -> Link:
+    def connect(self, timeout_s: float = CONNECT_TIMEOUT_S) -> Connection:
         """Connect and subscribe; try MQTT 5 then 3.1.1 when the protocol is ``auto``."""
         order = {
-            Protocol.AUTO: (Protocol.V5, Protocol.V311),
-            Protocol.V5: (Protocol.V5,),
-            Protocol.V311: (Protocol.V311,),
+            MqttVersion.AUTO: (MqttVersion.V5, MqttVersion.V311),
+            MqttVersion.V5: (MqttVersion.V5,),
+            MqttVersion.V311: (MqttVersion.V311,),
         }[self.settings.protocol]
         first_error: MqttError | None = None
         for proto in order:
@@ -199,10 +157,10 @@ class Link:
         assert first_error is not None
         raise first_error
 
-    def _make_client(self, proto: Protocol) -> mqtt.Client:
+    def _make_client(self, proto: MqttVersion) -> mqtt.Client:
         s = self.settings
         kwargs: dict[str, Any] = {"client_id": s.client_id, "manual_ack": self._manual_ack}
-        if proto is Protocol.V5:
+        if proto is MqttVersion.V5:
             kwargs["protocol"] = mqtt.MQTTv5
         else:
             kwargs["protocol"] = mqtt.MQTTv311
@@ -222,7 +180,7 @@ class Link:
         client.on_subscribe = self._on_subscribe
         return client
 
-    def _connect_once(self, proto: Protocol, timeout_s: float) -> None:
+    def _connect_once(self, proto: MqttVersion, timeout_s: float) -> None:
         s = self.settings
         self._connack = None
         self._answered.clear()
@@ -231,7 +189,7 @@ class Link:
         self._client = client
         props: Properties | None = None
         clean_start: Any = mqtt.MQTT_CLEAN_START_FIRST_ONLY
-        if proto is Protocol.V5:
+        if proto is MqttVersion.V5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.ReceiveMaximum = self._receive_maximum
             if s.persistent:

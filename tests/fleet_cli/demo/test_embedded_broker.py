@@ -9,7 +9,7 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 
-from fleet_cli.embedded_broker import EmbeddedBroker, _SnapshotDict, amqtt_config, install_snapshot_table
+from fleet_cli.demo.embedded_broker import EmbeddedBroker, _SnapshotDict, amqtt_config, install_snapshot_table
 
 pytestmark = pytest.mark.integration
 
