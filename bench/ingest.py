@@ -50,7 +50,7 @@ from edge_protocol.payload import Key, Kind
 from edge_protocol.topics import Channel, device_topic, verified_topic
 from fleet_cli.collector.config import CollectorConfig
 from fleet_cli.collector.service import Collector
-from fleet_cli.mqtt.connection import MqttVersion
+from fleet_cli.mqtt.settings import MqttVersion
 from fleet_cli.registry import Registry
 
 FLEET = "bench"

@@ -37,7 +37,7 @@ from edge_protocol.errors import InvalidId
 from edge_protocol.ids import validate_id
 from edge_protocol.keys import Signer, atomic_write, write_private_key
 from fleet_cli.errors import FleetError, UsageError
-from fleet_cli.mqtt.connection import MqttSettings, MqttVersion
+from fleet_cli.mqtt.settings import MqttSettings, MqttVersion
 from fleet_cli.registry import Registry
 
 if sys.version_info >= (3, 11):

@@ -17,7 +17,8 @@ from fleet_cli.collector.store import (
     QUARANTINE_MAX_ROWS,
 )
 from fleet_cli.errors import FleetError
-from fleet_cli.mqtt.connection import RECEIVE_MAXIMUM, MqttSettings, MqttVersion
+from fleet_cli.mqtt.connection import RECEIVE_MAXIMUM
+from fleet_cli.mqtt.settings import MqttSettings, MqttVersion
 
 log = logging.getLogger(__name__)
 

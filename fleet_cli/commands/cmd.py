@@ -28,7 +28,8 @@ from edge_protocol.payload import INT_MAX, MAX_TEXT_KEY_BYTES, Key, Kind, to_jso
 from edge_protocol.topics import Channel, device_topic
 from fleet_cli.errors import FleetError, UsageError
 from fleet_cli.home import FleetHome, mqtt_settings
-from fleet_cli.mqtt.connection import Connection, MqttSettings, MqttVersion, Received
+from fleet_cli.mqtt.connection import Connection
+from fleet_cli.mqtt.settings import MqttSettings, MqttVersion, Received
 from fleet_cli.options import HomeOption
 from fleet_cli.registry import Registry
 

@@ -16,7 +16,7 @@ from fleet_cli.collector.service import Collector
 from fleet_cli.collector.store import QUARANTINE_MAX_ROWS, default_store_path
 from fleet_cli.errors import UsageError
 from fleet_cli.home import FleetHome, mqtt_settings
-from fleet_cli.mqtt.connection import MqttVersion
+from fleet_cli.mqtt.settings import MqttVersion
 from fleet_cli.options import HomeOption, StoreOption
 from fleet_cli.registry import Registry
 

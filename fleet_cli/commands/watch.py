@@ -18,7 +18,8 @@ from edge_protocol.ids import validate_id
 from edge_protocol.topics import FLEET_SEGMENT, fleet_prefix
 from fleet_cli.errors import FleetError, UsageError
 from fleet_cli.home import FleetHome, mqtt_settings
-from fleet_cli.mqtt.connection import Connection, MqttSettings, MqttVersion, Received
+from fleet_cli.mqtt.connection import Connection
+from fleet_cli.mqtt.settings import MqttSettings, MqttVersion, Received
 from fleet_cli.options import HomeOption
 from fleet_cli.registry import Registry
 from fleet_cli.terminal import MAX_CELL_CHARS, escape

@@ -36,7 +36,7 @@ from edge_protocol.keys import Signer, read_private_key
 from edge_protocol.topics import Channel, device_topic, fleet_device_filter
 from fleet_cli import flash, shipped_model
 from fleet_cli.errors import UsageError
-from fleet_cli.mqtt.connection import MqttVersion
+from fleet_cli.mqtt.settings import MqttVersion
 
 log = logging.getLogger(__name__)
 

@@ -15,14 +15,11 @@ Rules from docs/field-notes.md this module keeps:
 
 from __future__ import annotations
 
-import enum
 import logging
 import ssl
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -31,17 +28,19 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_protocol.mqtt import UNSUPPORTED_PROTOCOL_VERSION
-from fleet_cli.errors import FleetError
-
-if TYPE_CHECKING:
-    pass
+from fleet_cli.mqtt.settings import (
+    MqttError,
+    MqttSettings,
+    MqttVersion,
+    OnMessage,
+    OnRaw,
+    Received,
+)
 
 log = logging.getLogger(__name__)
 
 # How long connect() waits for a CONNACK before it calls the broker unreachable.
 CONNECT_TIMEOUT_S = 10.0
-# Keepalive for fleet-side clients; Mosquitto caps it at its max_keepalive (300 s).
-KEEPALIVE_S = 30
 # A persistent collector session outlives a restart or an upgrade; Mosquitto also drops sessions
 # nobody resumes after persistent_client_expiration (14 days in the rendered config).
 SESSION_EXPIRY_S = 7 * 24 * 3600
@@ -52,52 +51,6 @@ RECEIVE_MAXIMUM = 1000
 # Reconnect back-off (paho): from 1 s up to 30 s.
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 30
-
-
-class MqttError(FleetError):
-    """The broker could not be reached, refused us, or the connection broke."""
-
-
-class MqttVersion(str, enum.Enum):
-    AUTO = "auto"
-    V5 = "5"
-    V311 = "3.1.1"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-@dataclass(frozen=True)
-class MqttSettings:
-    host: str = "127.0.0.1"
-    port: int = 1883
-    username: str | None = None
-    password: str | None = None  # secret: never logged
-    tls_ca: Path | None = None  # CA certificate file: TLS with hostname checking when set
-    protocol: MqttVersion = MqttVersion.AUTO
-    client_id: str = ""
-    persistent: bool = False  # clean_start / clean_session False, session expiry set
-    keepalive_s: int = KEEPALIVE_S
-
-    def __repr__(self) -> str:  # no password in logs or tracebacks
-        return (
-            f"MqttSettings(host={self.host!r}, port={self.port}, username={self.username!r},"
-            f" tls={'yes' if self.tls_ca else 'no'}, protocol={self.protocol.value})"
-        )
-
-
-@dataclass(frozen=True)
-class Received:
-    topic: str
-    payload: bytes
-    mid: int
-    qos: int
-    retain: bool
-
-
-OnMessage = Callable[[Received], None]
-OnRaw = Callable[[str, bytes, int, int], None]
-"""``on_raw(topic, payload, mid, qos)``: :data:`OnMessage` without building a :class:`Received`."""
 
 
 class Connection:

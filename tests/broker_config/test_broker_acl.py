@@ -385,7 +385,8 @@ def test_fleet_link_connects_and_is_refused_cleanly(env: Env) -> None:
     naming the refusal, with no 3.1.1 retry and no paho thread left behind."""
     import threading
 
-    from fleet_cli.mqtt.connection import Connection, MqttError, MqttSettings, MqttVersion
+    from fleet_cli.mqtt.connection import Connection
+    from fleet_cli.mqtt.settings import MqttError, MqttSettings, MqttVersion
 
     base = MqttSettings(
         host="localhost", port=env.tls_port, username="collector", tls_ca=env.home.ca_cert,

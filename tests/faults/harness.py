@@ -39,7 +39,7 @@ from firmware_bridge.sim.simulator import Simulator
 from fleet_cli.collector.config import CollectorConfig
 from fleet_cli.collector.service import Collector
 from fleet_cli.home import FleetHome, init_fleet
-from fleet_cli.mqtt.connection import MqttVersion
+from fleet_cli.mqtt.settings import MqttVersion
 from fleet_cli.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -23,7 +23,8 @@ from edge_protocol.payload import Key, Kind
 from edge_protocol.topics import Channel, device_topic
 from fleet_cli.collector.config import CollectorConfig
 from fleet_cli.collector.service import Collector
-from fleet_cli.mqtt.connection import Connection, MqttSettings, Received
+from fleet_cli.mqtt.connection import Connection
+from fleet_cli.mqtt.settings import MqttSettings, Received
 from fleet_cli.registry import Registry
 
 ZERO = bytes(32)

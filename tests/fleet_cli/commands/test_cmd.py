@@ -18,7 +18,8 @@ from fleet_cli.app import main
 from fleet_cli.commands.cmd import parse_args
 from fleet_cli.errors import UsageError
 from fleet_cli.home import init_fleet
-from fleet_cli.mqtt.connection import Connection, MqttSettings, Received
+from fleet_cli.mqtt.connection import Connection
+from fleet_cli.mqtt.settings import MqttSettings, Received
 from fleet_cli.registry import Registry
 from tests.conftest import Broker
 from tests.fleet_cli._collect_sim import Publisher, SimDevice, unique_fleet
