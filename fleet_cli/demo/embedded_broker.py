@@ -63,7 +63,7 @@ def install_snapshot_table(broker: Any) -> bool:
     """Swap amqtt's subscription table for a :class:`_SnapshotDict` with the same entries.
 
     ``Broker._subscriptions`` is private: pyproject.toml bounds amqtt to the versions this was checked
-    on, and tests/fleet_cli/test_embedded_broker.py fails the day the attribute is renamed, is no plain
+    on, and tests/fleet_cli/demo/test_embedded_broker.py fails the day the attribute is renamed, is no plain
     dict any more, or is no longer the table behind the public ``Broker.subscriptions``. False (and
     nothing changed) when the table is not a plain dict.
     """
