@@ -16,7 +16,7 @@ from broker_config.files import blocking_dir, check_reachable
 from broker_config.passwd import hash_password
 from broker_config.render import render, write_broker
 from broker_config.tls import generate_ca
-from tests.broker_config._helpers import reachable
+from tests.broker_config._support import reachable
 
 
 def _mode(p: Path) -> int:

@@ -16,8 +16,8 @@ from edge_agent.config import AgentConfig, load_config
 from edge_agent.outbox import ZERO_ID
 from edge_protocol.keys import Signer
 from edge_protocol.payload import Key, Kind
-from tests.conftest import Broker
-from tests.edge_agent.helpers import (
+from tests._mosquitto import Broker
+from tests.edge_agent._support import (
     DEV,
     Collector,
     FakeEngine,
@@ -278,7 +278,7 @@ def test_an_outage_does_not_pin_mqtt_311(rig_factory: Any, mosquitto: Broker) ->
     """Connections reset right after accept (an outage behind a load balancer, a broker restarting) look
     like a broker closing on MQTT 5. With protocol "auto" against Mosquitto the agent must come back to
     MQTT 5: the outage may cost at most the one connection that was probing 3.1.1 when it ended."""
-    from tests.faults.proxy import FaultProxy
+    from tests.faults._proxy import FaultProxy
 
     proxy = FaultProxy((mosquitto.host, mosquitto.port))
     try:

@@ -16,7 +16,7 @@ from edge_agent.commands import (
 )
 from edge_agent.outbox import MAX_REPLAY_IDS, Outbox
 from edge_protocol.keys import Signer, Verifier
-from tests.edge_agent.helpers import DEV, FLEET, OPERATOR, ack_cose, command_cose
+from tests.edge_agent._support import DEV, FLEET, OPERATOR, ack_cose, command_cose
 
 OP = Verifier(OPERATOR.public_key)
 

@@ -13,7 +13,7 @@ from edge_agent.config import (
     load_config,
 )
 from edge_agent.errors import ConfigError
-from tests.edge_agent.helpers import COLLECTOR, config_text
+from tests.edge_agent._support import COLLECTOR, config_text
 
 
 @pytest.fixture

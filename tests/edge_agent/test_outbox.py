@@ -14,7 +14,7 @@ from edge_agent.outbox import EXP_FLOOR_FLAG, MAX_REPLAY_IDS, ZERO_ID, Draft, Ou
 from edge_protocol.envelope import EnvelopeError, open_envelope
 from edge_protocol.keys import Signer
 from edge_protocol.payload import Key, Kind
-from tests.edge_agent.helpers import DEV, FLEET
+from tests.edge_agent._support import DEV, FLEET
 
 SIGNER = Signer.from_seed(bytes(32))
 TOPIC = f"edgeseal/v1/{FLEET}/{DEV}/hb"

@@ -15,7 +15,7 @@ from edge_agent.inference import Inference
 from edge_agent.pipeline import LatencyStats, Pipeline, build_engine
 from edge_protocol.payload import Key, Kind
 from firmware_bridge.samples import Sample
-from tests.edge_agent.helpers import DEV, FLEET, FakeEngine
+from tests.edge_agent._support import DEV, FLEET, FakeEngine
 
 LABELS = ("normal", "imbalance", "bearing")
 

@@ -22,8 +22,8 @@ from edge_agent.config import load_config, shipped_model
 from edge_agent.pipeline import config_hash
 from edge_protocol.payload import Key, Kind
 from firmware_bridge.sim.simulator import Simulator
-from tests.conftest import Broker
-from tests.edge_agent.helpers import Collector, config_text, unique_fleet
+from tests._mosquitto import Broker
+from tests.edge_agent._support import Collector, config_text, unique_fleet
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from edge_agent.watchdog import Notifier
-from tests.conftest import Broker
+from tests._mosquitto import Broker
 from tests.edge_agent.test_agent_mqtt import Rig
 
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from edge_agent.errors import ConfigError
 from edge_agent.window import Windower, channel_indices
 from firmware_bridge.samples import Sample
-from tests.edge_agent.helpers import sample
+from tests.edge_agent._support import sample
 
 
 @given(size=st.integers(1, 40), hop=st.integers(1, 40), n=st.integers(0, 200), chunk=st.integers(1, 17))

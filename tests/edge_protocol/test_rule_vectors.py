@@ -14,7 +14,7 @@ import pytest
 
 from edge_protocol.envelope import EnvelopeError, Verdict, open_envelope, seal
 from edge_protocol.keys import Signer, key_id, message_id
-from tests.vectors_util import ROOT, decode_value, load, vector_files
+from tests._vectors import ROOT, decode_value, load, vector_files
 
 FILES = vector_files("rules.json")
 VALID = [(p, v) for p in FILES for v in load(p)["valid"]]

@@ -61,7 +61,7 @@ from edge_protocol.tlog import (
 )
 from edge_protocol.tlog.note import MAX_NOTE_SIZE, MAX_SIGNATURES
 from edge_protocol.tlog.tiles import MAX_ENTRY_SIZE, MAX_TILE_LEVEL
-from tests.vectors_util import load, vector_files
+from tests._vectors import load, vector_files
 
 VECTORS = load(vector_files("tlog.json")[-1])
 

@@ -8,7 +8,7 @@ import pytest
 
 from edge_protocol.envelope import EnvelopeError, Verdict, external_aad, open_envelope, seal
 from edge_protocol.keys import Signer, claim_tag, key_id, message_id
-from tests.vectors_util import decode_value, load, vector_files
+from tests._vectors import decode_value, load, vector_files
 
 FILES = vector_files("envelope.json")
 VALID = [(p, v) for p in FILES for v in load(p)["valid"]]

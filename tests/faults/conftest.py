@@ -1,4 +1,4 @@
-"""Fixtures of the fault suite: a rig per test (see :mod:`tests.faults.harness`) and ``figure``, which
+"""Fixtures of the fault suite: a rig per test (see :mod:`tests.faults._harness`) and ``figure``, which
 prints a test's figure on one ``FIGURE:`` line and repeats every figure in the terminal summary."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.faults.harness import Rig
+from tests.faults._harness import Rig
 
 _FIGURES: list[str] = []
 

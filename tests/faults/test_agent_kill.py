@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.faults.harness import AgentOptions, Rig, audit, wait_until
+from tests.faults._harness import AgentOptions, Rig, audit, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import ROOT, AgentOptions, Rig, audit, wait_until
+from tests.faults._harness import ROOT, AgentOptions, Rig, audit, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

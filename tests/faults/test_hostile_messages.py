@@ -21,7 +21,7 @@ from edge_protocol.keys import Signer
 from edge_protocol.payload import Key, Kind
 from edge_protocol.topics import Channel, device_topic
 from fleet_cli.collector.service import Collector
-from tests.faults.harness import Rig, quarantine_rows, wait_until
+from tests.faults._harness import Rig, quarantine_rows, wait_until
 from tests.fleet_cli._collect_sim import Msg, Publisher, SimDevice
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]

@@ -1,4 +1,4 @@
-"""Network faults between an agent and the broker, through :class:`tests.faults.proxy.FaultProxy`:
+"""Network faults between an agent and the broker, through :class:`tests.faults._proxy.FaultProxy`:
 latency, a bandwidth limit below the stream's rate, a stall with the connection held open,
 connection resets, and a short outage with connections refused. Results lost 0, none stored twice."""
 
@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.faults.harness import AgentOptions, Rig, audit, wait_until
-from tests.faults.proxy import FaultProxy
+from tests.faults._harness import AgentOptions, Rig, audit, wait_until
+from tests.faults._proxy import FaultProxy
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

@@ -17,9 +17,9 @@ from edge_protocol.payload import Key, Kind
 from edge_protocol.topics import Channel
 from fleet_cli.home import init_fleet
 from fleet_cli.registry import Registry
-from tests.conftest import Broker
-from tests.faults.harness import AgentOptions, Rig, audit, rss_kib, wait_until
-from tests.faults.proxy import FaultProxy
+from tests._mosquitto import Broker
+from tests.faults._harness import AgentOptions, Rig, audit, rss_kib, wait_until
+from tests.faults._proxy import FaultProxy
 from tests.fleet_cli._collect_sim import Publisher, add_devices, collector_config, running, unique_fleet
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]

@@ -45,7 +45,7 @@ from edge_protocol.payload import Key, Kind
 from fleet_cli.collector.service import Collector
 from fleet_cli.collector.stats import CollectorStats
 from fleet_cli.collector.store import Store
-from tests.faults.harness import Rig, wait_until
+from tests.faults._harness import Rig, wait_until
 from tests.fleet_cli._collect_sim import Msg, Publisher, SimDevice
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]

@@ -26,7 +26,7 @@ from firmware_bridge.frames import FrameType
 from firmware_bridge.samples import Sample
 from firmware_bridge.sim.faults import FaultConfig
 from firmware_bridge.sim.simulator import Simulator
-from tests.faults.harness import WINDOW, AgentOptions, Rig, audit, wait_until
+from tests.faults._harness import WINDOW, AgentOptions, Rig, audit, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

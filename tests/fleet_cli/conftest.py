@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fleet_cli.registry import Registry
-from tests.conftest import Broker
+from tests._mosquitto import Broker
 from tests.fleet_cli._collect_sim import Publisher
 
 

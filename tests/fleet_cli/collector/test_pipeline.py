@@ -15,7 +15,7 @@ from edge_protocol.chain import ChainVerifier
 from fleet_cli.collector.intake import Intake, RegistryDirectory
 from fleet_cli.collector.store import Batch, Candidate, Store
 from fleet_cli.registry import Registry
-from tests.conftest import Broker
+from tests._mosquitto import Broker
 from tests.fleet_cli._collect_sim import (
     Publisher,
     SimDevice,

@@ -30,7 +30,7 @@ from fleet_cli.collector.store import (
     eviction_plan,
 )
 from fleet_cli.registry import Registry
-from tests.conftest import Broker
+from tests._mosquitto import Broker
 from tests.fleet_cli._collect_sim import Publisher, add_devices, collector_config, running, unique_fleet
 
 V = Verdict

@@ -17,7 +17,7 @@ from edge_protocol.payload import Key, Kind
 from edge_protocol.topics import Channel, device_topic, verified_topic
 from fleet_cli.collector.store import Store
 from fleet_cli.registry import Registry
-from tests.conftest import Broker
+from tests._mosquitto import Broker
 from tests.fleet_cli._collect_sim import (
     Listener,
     Publisher,

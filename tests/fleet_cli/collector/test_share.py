@@ -14,7 +14,7 @@ from edge_protocol.envelope import open_envelope
 from edge_protocol.keys import Signer
 from edge_protocol.topics import Channel, device_topic
 from fleet_cli.registry import Registry
-from tests.conftest import Broker
+from tests._mosquitto import Broker
 from tests.fleet_cli._collect_sim import (
     Listener,
     Publisher,

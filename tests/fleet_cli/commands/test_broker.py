@@ -14,7 +14,7 @@ from broker_config.runner import running_pid, wait_listening
 from fleet_cli.app import main
 from fleet_cli.home import FleetHome
 from fleet_cli.registry import Registry
-from tests.broker_config._helpers import Peer, Refused, make_fleet
+from tests.broker_config._support import Peer, Refused, make_fleet
 
 pytestmark = pytest.mark.integration
 

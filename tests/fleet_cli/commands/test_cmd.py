@@ -21,7 +21,7 @@ from fleet_cli.home import init_fleet
 from fleet_cli.mqtt.connection import Connection
 from fleet_cli.mqtt.settings import MqttSettings, Received
 from fleet_cli.registry import Registry
-from tests.conftest import Broker
+from tests._mosquitto import Broker
 from tests.fleet_cli._collect_sim import Publisher, SimDevice, unique_fleet
 
 

@@ -19,7 +19,7 @@ from fleet_cli.registry import (
     NotFoundError,
     Registry,
 )
-from tests.broker_config._helpers import reachable
+from tests.broker_config._support import reachable
 from tests.fleet_cli._hostile import BIDI, CLEAR, NUL, TITLE, assert_terminal_safe
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from edge_protocol.envelope import open_envelope
 from fleet_cli.app import main
-from tests.conftest import Broker
+from tests._mosquitto import Broker
 from tests.fleet_cli._collect_sim import populated_home
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ from fleet_cli.app import main
 from fleet_cli.errors import FleetError, UsageError
 from fleet_cli.home import ENV_HOME, FleetHome, init_fleet, parse_config, render_config
 from fleet_cli.registry import Registry
-from tests.broker_config._helpers import reachable
+from tests.broker_config._support import reachable
 
 
 def _mode(p: Path) -> int:

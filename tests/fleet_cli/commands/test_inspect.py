@@ -18,9 +18,9 @@ from edge_protocol.payload import Key, Kind
 from fleet_cli.app import main
 from fleet_cli.commands.inspect import MAX_INPUT_BYTES
 from fleet_cli.home import ENV_HOME, init_fleet
+from tests._vectors import load, vector_files
 from tests.fleet_cli._collect_sim import SimDevice
 from tests.fleet_cli._hostile import BIDI, CLEAR, NUL, RED, TITLE, assert_terminal_safe
-from tests.vectors_util import load, vector_files
 
 DOC = load(vector_files("envelope.json")[0])
 PK = DOC["valid"][0]["signer_public"]

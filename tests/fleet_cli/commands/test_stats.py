@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fleet_cli.app import main
-from tests.conftest import Broker
+from tests._mosquitto import Broker
 from tests.fleet_cli._collect_sim import populated_home
 from tests.fleet_cli._hostile import LABELS, SHOWN, as_terminal, assert_terminal_safe, hostile_home
 

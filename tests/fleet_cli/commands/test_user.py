@@ -10,7 +10,7 @@ import pytest
 from fleet_cli.app import main
 from fleet_cli.home import FleetHome, init_fleet
 from fleet_cli.registry import Registry
-from tests.broker_config._helpers import reachable
+from tests.broker_config._support import reachable
 
 
 @pytest.fixture

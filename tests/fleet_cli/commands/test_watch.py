@@ -16,7 +16,7 @@ from fleet_cli.commands.watch import format_result
 from fleet_cli.errors import FleetError
 from fleet_cli.mqtt.connection import CONNECT_TIMEOUT_S, Connection
 from fleet_cli.registry import Registry
-from tests.conftest import Broker
+from tests._mosquitto import Broker
 from tests.fleet_cli._collect_sim import Publisher, add_devices, collector_config, running, unique_fleet
 from tests.fleet_cli._hostile import BIDI, CLEAR, LABELS, NUL, RED, SHOWN, TITLE, assert_terminal_safe
 

@@ -40,7 +40,7 @@ from fleet_cli.flash.build import BundleOptions
 from fleet_cli.flash.ssh import BundleMismatch, Step, run_step
 from fleet_cli.home import FleetHome, init_fleet
 from fleet_cli.registry import Registry
-from tests.broker_config._helpers import reachable
+from tests.broker_config._support import reachable
 from tests.fleet_cli._collect_sim import unique_fleet
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ from broker_config.runner import free_port
 from fleet_cli.demo.embedded_broker import EmbeddedBroker
 from fleet_cli.mqtt.connection import Connection
 from fleet_cli.mqtt.settings import MqttError, MqttSettings, MqttVersion, Received
-from tests.conftest import Broker
+from tests._mosquitto import Broker
 
 pytestmark = pytest.mark.integration
 
