@@ -46,7 +46,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from edge_protocol.chain import ChainVerifier, Head
 from edge_protocol.envelope import (
@@ -104,6 +104,9 @@ from fleet_cli.collector.verify_worker import (
 )
 from fleet_cli.mqtt.connection import Connection
 from fleet_cli.registry import Registry
+
+if TYPE_CHECKING:  # prometheus_client loads only with --metrics-port
+    from fleet_cli.collector.metrics import CollectorMetrics
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +184,7 @@ class Collector:
         self._done = threading.Event()
         self._ack_due: dict[tuple[str, int], int] = {}  # (dev, boot) -> seq to ack
         self._ack_last: dict[tuple[str, int], float] = {}  # (dev, boot) -> when the last ack went
-        self._metrics: Any = None
+        self._metrics: CollectorMetrics | None = None
         self._metrics_server: Any = None
 
     # -- lifecycle ------------------------------------------------------------------------------

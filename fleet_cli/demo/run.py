@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from broker_config.files import blocking_dir
 from broker_config.passwd import hash_password
@@ -35,8 +35,14 @@ from edge_protocol.envelope import decode_unverified, seal
 from edge_protocol.keys import Signer, read_private_key
 from edge_protocol.topics import Channel, device_topic, fleet_device_filter
 from fleet_cli import flash, shipped_model
-from fleet_cli.errors import UsageError
+from fleet_cli.errors import FleetError, UsageError
 from fleet_cli.mqtt.settings import MqttVersion
+
+if TYPE_CHECKING:  # loaded where used: the demo's parts are heavy and not all needed for --help
+    from firmware_bridge.sim.simulator import Simulator
+    from fleet_cli.collector.service import Collector
+    from fleet_cli.demo.embedded_broker import EmbeddedBroker
+    from fleet_cli.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -188,12 +194,12 @@ class Demo:
         self.attacks: list[AttackRecord] = []
         self.started_at = 0.0
         self._mosquitto: MosquittoProcess | None = None
-        self._embedded: Any = None
-        self._simulators: list[Any] = []
+        self._embedded: EmbeddedBroker | None = None
+        self._simulators: list[Simulator] = []
         self._agents: dict[str, subprocess.Popen[bytes]] = {}
         self._agent_logs: list[Any] = []
-        self.collector: Any = None
-        self._registry: Any = None
+        self.collector: Collector | None = None
+        self._registry: Registry | None = None
         self._attacker_password = secrets.token_urlsafe(24)
         self._captured: dict[str, bytes] = {}
         self._capture_client: Any = None
@@ -211,6 +217,13 @@ class Demo:
         return default_store_path(self.home.root)
 
     # -- set-up ---------------------------------------------------------------------------
+    @property
+    def registry(self) -> Registry:
+        """The demo fleet's registry, open between the fleet's creation and :meth:`stop`."""
+        if self._registry is None:
+            raise FleetError("the demo's registry is not open")
+        return self._registry
+
     def _event(self, text: str) -> None:
         log.info("%s", text)
         self.on_event(text)
@@ -250,7 +263,7 @@ class Demo:
         )  # fmt: skip
         self._registry = Registry(self.home.registry_db)
         for s in self.scripts:
-            self._registry.add_device(s.name, {"demo": "true"})
+            self.registry.add_device(s.name, {"demo": "true"})
         self._event(f"fleet '{FLEET}' created in {self.workdir} with {len(self.scripts)} devices")
 
         if self.broker_kind == "mosquitto":
@@ -315,7 +328,7 @@ class Demo:
     def _device_mqtt(self, name: str) -> dict[str, Any]:
         mqtt = dict(self.mqtt)
         if self.broker_kind == "mosquitto":
-            creds = self._registry.device_credentials(name)
+            creds = self.registry.device_credentials(name)
             pw = self.workdir / "agents" / name / "mqtt.pass"
             pw.write_text(creds.password + "\n")
             pw.chmod(0o600)
@@ -331,7 +344,10 @@ class Demo:
             adir = self.workdir / "agents" / s.name
             adir.mkdir(parents=True, exist_ok=True)
             claim = adir / "claim.token"
-            claim.write_text(self._registry.device_credentials(s.name).claim_token + "\n")
+            token = self.registry.device_credentials(s.name).claim_token
+            if token is None:  # added by this demo a moment ago: never enrolled
+                raise FleetError(f"demo device {s.name} has no claim token")
+            claim.write_text(token + "\n")
             claim.chmod(0o600)
             conf = adir / "agent.toml"
             settings = _agent_settings(
@@ -365,7 +381,7 @@ class Demo:
         mqtt = self.mqtt
         username = password = None
         if self.broker_kind == "mosquitto":
-            creds = self._registry.user_credentials(self.home.config.collector_user)
+            creds = self.registry.user_credentials(self.home.config.collector_user)
             username, password = creds.username, creds.password
         config = CollectorConfig(
             fleet=self.home.fleet,
@@ -381,7 +397,7 @@ class Demo:
             ack_interval_s=DEMO_ACK_INTERVAL_S,
             reorder_timeout_s=DEMO_REORDER_TIMEOUT_S,
         )
-        self.collector = Collector(config, self._registry, read_private_key(self.home.collector_key))
+        self.collector = Collector(config, self.registry, read_private_key(self.home.collector_key))
         self.collector.start()
         self._event("collector verifying, storing and acking (fleet-ack delivery)")
 
