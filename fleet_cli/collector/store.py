@@ -256,6 +256,21 @@ INSERT_MESSAGE = (
 )
 
 
+class StoredMessage(NamedTuple):
+    """A row of ``messages`` as :meth:`Store.messages` reads it."""
+
+    dev: str
+    boot: int
+    seq: int
+    kind: int
+    pipe: str | None
+    msg_id: bytes
+    prev: bytes
+    t_device: int
+    t_received: int
+    cose: bytes
+
+
 @dataclass(frozen=True)
 class Rejected:
     topic: str
@@ -798,6 +813,16 @@ class Store:
         rows = self._query(sql + (" WHERE dev = ?" if dev else "") + " ORDER BY id", (dev,) if dev else ())
         keys = ("dev", "boot", "first", "last", "source", "why", "t_ms")
         return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def messages(self, dev: str | None = None) -> Iterator[StoredMessage]:
+        """Every stored message (of ``dev``), in (dev, boot, seq) order, streamed."""
+        columns = "SELECT dev, boot, seq, kind, pipe, msg_id, prev, t_device, t_received, cose FROM messages"
+        if dev:
+            rows = self.iter_rows(columns + " WHERE dev = ? ORDER BY dev, boot, seq", (dev,))
+        else:
+            rows = self.iter_rows(columns + " ORDER BY dev, boot, seq")
+        for r in rows:
+            yield StoredMessage(*r)
 
     def count_messages(self) -> int:
         return int(self._query("SELECT COUNT(*) FROM messages")[0][0])

@@ -23,6 +23,7 @@ from edge_protocol.payload import Key, Kind
 from edge_protocol.topics import Channel, device_topic
 from fleet_cli.collector.config import CollectorConfig
 from fleet_cli.collector.service import Collector
+from fleet_cli.collector.store import Store
 from fleet_cli.mqtt.connection import Connection
 from fleet_cli.mqtt.settings import MqttSettings, Received
 from fleet_cli.registry import Registry
@@ -230,3 +231,24 @@ def populated_home(tmp: Path, broker_host: str, broker_port: int, n_results: int
         finally:
             pub.close()
     return Populated(home, devs, store)
+
+
+# ---- reading a store through Store (as fleet status / export do), never raw SQL -------------------
+
+
+def stored(path: Path) -> list[tuple[str, int, int, int]]:
+    """(dev, boot, seq, kind) of every stored message, in that order."""
+    with Store(path, readonly=True) as s:
+        return [(m.dev, m.boot, m.seq, m.kind) for m in s.messages()]
+
+
+def quarantined(path: Path) -> list[tuple[str, str]]:
+    """(verdict, topic) of every quarantined message, oldest first."""
+    with Store(path, readonly=True) as s:
+        return [(q["verdict"], q["topic"]) for q in reversed(s.quarantine(limit=1_000_000))]
+
+
+def quarantine_reasons(path: Path) -> list[tuple[str, str]]:
+    """(verdict, reason) of every quarantined message, oldest first."""
+    with Store(path, readonly=True) as s:
+        return [(q["verdict"], q["reason"]) for q in reversed(s.quarantine(limit=1_000_000))]

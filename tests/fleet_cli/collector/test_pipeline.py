@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import time
 from pathlib import Path
 
@@ -21,7 +20,9 @@ from tests.fleet_cli._collect_sim import (
     SimDevice,
     add_devices,
     collector_config,
+    quarantined,
     running,
+    stored,
     unique_fleet,
 )
 
@@ -29,8 +30,7 @@ pytestmark = pytest.mark.integration
 
 
 def _verdicts(path: Path) -> list[str]:
-    with sqlite3.connect(path) as db:
-        return sorted(r[0] for r in db.execute("SELECT verdict FROM quarantine"))
+    return sorted(v for v, _ in quarantined(path))
 
 
 def _mixed(fleet: str, devs: dict[str, SimDevice]) -> tuple[list[object], list[object]]:
@@ -93,8 +93,8 @@ def test_a_dying_verify_worker_loses_nothing(
         snap = c.snapshot()
         assert snap.error is None
     assert snap.accepted == 51
-    with sqlite3.connect(store) as db:
-        assert db.execute("SELECT COUNT(*), MAX(seq) FROM messages").fetchone() == (51, 50)
+    seqs = [seq for _, _, seq, _ in stored(store)]
+    assert (len(seqs), max(seqs)) == (51, 50)
 
 
 def test_chain_memory_stays_bounded(

@@ -24,21 +24,14 @@ from tests.fleet_cli._collect_sim import (
     SimDevice,
     add_devices,
     collector_config,
+    quarantine_reasons,
+    quarantined,
     running,
+    stored,
     unique_fleet,
 )
 
 pytestmark = pytest.mark.integration
-
-
-def stored(path: Path) -> list[tuple[str, int, int, int]]:
-    with sqlite3.connect(path) as db:
-        return db.execute("SELECT dev, boot, seq, kind FROM messages ORDER BY dev, boot, seq").fetchall()
-
-
-def quarantined(path: Path) -> list[tuple[str, str]]:
-    with sqlite3.connect(path) as db:
-        return db.execute("SELECT verdict, topic FROM quarantine ORDER BY id").fetchall()
 
 
 def test_enrol_by_claim_store_ack_and_republish(
@@ -227,8 +220,7 @@ def test_a_message_the_store_refuses_is_quarantined_and_the_collector_goes_on(
         snap = c.snapshot()
         assert c.failed is None
     assert stored(store) == [("dev-a", 1, s, 0 if s == 0 else 1) for s in (0, 1, 3, 4)]
-    with sqlite3.connect(store) as db:
-        rows = db.execute("SELECT verdict, reason FROM quarantine").fetchall()
+    rows = quarantine_reasons(store)
     assert len(rows) == 1
     assert rows[0][0] == "MALFORMED"
     assert "the store refused it: OverflowError" in rows[0][1]
@@ -293,8 +285,7 @@ def test_a_message_that_breaks_the_verifier_is_quarantined_and_the_collector_goe
         snap = c.snapshot()
         assert c.failed is None
     assert stored(store) == [("dev-a", 1, 0, 0), ("dev-a", 1, 1, 1), ("dev-a", 1, 3, 1)]
-    with sqlite3.connect(store) as db:
-        (reason,) = db.execute("SELECT reason FROM quarantine WHERE verdict = 'MALFORMED'").fetchone()
+    (reason,) = [r for v, r in quarantine_reasons(store) if v == "MALFORMED"]
     assert reason.startswith("internal error while verifying it: RecursionError")
     assert snap.internal_errors == 1
     assert snap.received == snap.accepted + snap.duplicates + sum(snap.rejected.values()) + snap.states == 4

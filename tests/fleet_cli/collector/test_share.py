@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import sqlite3
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 from edge_protocol.envelope import open_envelope
 from edge_protocol.keys import Signer
 from edge_protocol.topics import Channel, device_topic
+from fleet_cli.collector.store import Store
 from fleet_cli.registry import Registry
 from tests._mosquitto import Broker
 from tests.fleet_cli._collect_sim import (
@@ -21,6 +21,7 @@ from tests.fleet_cli._collect_sim import (
     add_devices,
     collector_config,
     running,
+    stored,
     unique_fleet,
 )
 
@@ -28,8 +29,7 @@ pytestmark = pytest.mark.integration
 
 
 def rows(path: Path) -> list[tuple[str, int, int]]:
-    with sqlite3.connect(path) as db:
-        return db.execute("SELECT dev, boot, seq FROM messages ORDER BY dev, boot, seq").fetchall()
+    return [(dev, boot, seq) for dev, boot, seq, _ in stored(path)]
 
 
 def test_restart_continues_chain_and_backlog_waits_in_the_session(
@@ -84,9 +84,10 @@ def test_gap_record_and_timeout_gap(
             snap = c.snapshot()
             del lost
         assert snap.gaps == 1
-        with sqlite3.connect(store) as db:
-            gaps = db.execute("SELECT first, last, source FROM gaps ORDER BY id").fetchall()
-            drops = db.execute("SELECT drops, gaps FROM devices").fetchone()
+        with Store(store, readonly=True) as s:
+            gaps = [(g["first"], g["last"], g["source"]) for g in s.gaps()]
+            (device,) = s.devices()
+            drops = (device["drops"], device["gaps"])
         assert gaps == [(3, 4, "device"), (6, 6, "timeout")]
         assert drops == (2, 1)
         # acks cover the dropped seqs (3-4) but never the missing one (6)

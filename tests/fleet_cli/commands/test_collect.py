@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -15,7 +14,7 @@ import pytest
 
 from broker_config.runner import MosquittoProcess, free_port
 from fleet_cli.broker import render_broker
-from fleet_cli.collector.store import default_store_path
+from fleet_cli.collector.store import Store, default_store_path
 from fleet_cli.home import FleetHome, init_fleet
 from fleet_cli.registry import Registry
 from tests.fleet_cli._collect_sim import Publisher, SimDevice, unique_fleet
@@ -35,8 +34,8 @@ def _reachable(path: Path) -> None:
 
 
 def _count(store: Path) -> int:
-    with sqlite3.connect(store) as db:
-        return int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+    with Store(store, readonly=True) as s:
+        return s.count_messages()
 
 
 def test_collect_process_over_tls_flushes_on_sigterm(tmp_path: Path) -> None:
