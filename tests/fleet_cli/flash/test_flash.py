@@ -222,7 +222,8 @@ def test_demo_agent_config_is_flashs_rendering(tmp_path: Path, broker: str) -> N
     sidecar, absolute paths (escaped: a quote in a path stays a quote) and the demo's quick timers."""
     import tomllib
 
-    from fleet_cli import demo, shipped_model
+    from fleet_cli import shipped_model
+    from fleet_cli.demo import run as demo
 
     models = shipped_model.models_dir()
     facts = shipped_model.read_facts(models)
