@@ -72,6 +72,17 @@ def escape(text: object, limit: int | None = None, *, backslash: bool = True) ->
     return "".join(pieces)
 
 
+# OWASP "CSV Injection": a spreadsheet runs a cell that starts with one of these as a formula.
+_FORMULA_LEADS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(text: str) -> str:
+    """Device text for a CSV cell: :func:`escape`, then a leading ``'`` when a spreadsheet would read the
+    cell as a formula (a label ``=HYPERLINK(...)``); the quote is shown, the formula never runs."""
+    shown = escape(text)
+    return "'" + shown if shown.startswith(_FORMULA_LEADS) else shown
+
+
 def safe_text(text: object, limit: int | None = MAX_CELL_CHARS, style: str = "") -> Text:
     """A rich :class:`~rich.text.Text` of :func:`escape`'s result: shown literally, never as markup."""
     from rich.text import Text

@@ -26,7 +26,7 @@ from fleet_cli.collector.store import Store, default_store_path
 from fleet_cli.errors import UsageError
 from fleet_cli.home import FleetHome
 from fleet_cli.options import HomeOption, StoreOption
-from fleet_cli.terminal import MAX_CELL_CHARS, escape, safe_text
+from fleet_cli.terminal import MAX_CELL_CHARS, escape, safe_text, spreadsheet_safe
 
 # More windows than this in one report is a typo in --window (1s over a week = 604,800 rows).
 MAX_WINDOWS = 10_000
@@ -109,8 +109,8 @@ def stats(
         typer.echo(json.dumps(report))
         return
     if as_csv:
-        # A key can be a label (--by label): escaped like any device text on a terminal; the label
-        # counts are JSON, already escaped. --json is the exact form.
+        # A key can be a label (--by label): escaped like any device text on a terminal, and never a
+        # formula for a spreadsheet; the label counts are JSON, already escaped. --json is exact.
         w = csv.writer(sys.stdout)
         w.writerow(
             [
@@ -127,8 +127,9 @@ def stats(
         )
         for g in report["groups"]:
             s = g["score"]
+            key = spreadsheet_safe(str(g["key"]))
             w.writerow(
-                [escape(g["key"]), _iso(g["window_start_ms"]), g["count"], json.dumps(g["labels"]),
+                [key, _iso(g["window_start_ms"]), g["count"], json.dumps(g["labels"]),
                  s["mean"], s["min"], s["max"], s["p50"], s["p95"]]
             )  # fmt: skip
         return

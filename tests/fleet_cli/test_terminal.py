@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleet_cli.terminal import ELLIPSIS, MAX_CELL_CHARS, escape, safe_text
+from fleet_cli.terminal import ELLIPSIS, MAX_CELL_CHARS, escape, safe_text, spreadsheet_safe
 
 
 def _unescape(shown: str) -> str:
@@ -87,3 +87,19 @@ def test_cli_errors_escape_what_they_quote(capsys: pytest.CaptureFixture[str]) -
     assert _fail("device said \x1b]0;pwned\x07 'a\\x1b'", "try\x1b[2J\nagain", 1) == 1
     err = capsys.readouterr().err
     assert err == "error: device said \\x1b]0;pwned\\x07 'a\\x1b'\nhint: try\\x1b[2J\nagain\n"
+
+
+@pytest.mark.parametrize(
+    ("label", "cell"),
+    [
+        ('=HYPERLINK("http://x","y")', '\'=HYPERLINK("http://x","y")'),
+        ("+1", "'+1"),
+        ("-2+3", "'-2+3"),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("\t=1", "\\t=1"),  # escaped first: a tab is shown as \t, which no spreadsheet evaluates
+        ("normal", "normal"),
+        ("", ""),
+    ],
+)
+def test_spreadsheet_cells_never_start_a_formula(label: str, cell: str) -> None:
+    assert spreadsheet_safe(label) == cell
