@@ -106,6 +106,7 @@ class Agent:
             "commands_dropped": 0,
             "commands_done": 0,
             "refusal_replies_suppressed": 0,
+            "command_errors": 0,
         }
         self._refusal_replies = ReplyBudget()
         self.outbox: Outbox | None = None
@@ -386,6 +387,10 @@ class Agent:
             reply = self._run_command(cmd.name, cmd.args)
         except AgentError as e:
             reply = error_reply(str(e))
+        except Exception as e:  # a bug in one command must not stop the agent: answer it, and log it
+            self.counters["command_errors"] += 1
+            log.exception("command %s failed", cmd.name[:63])
+            reply = error_reply(f"internal error: {type(e).__name__}")
         self.counters["commands_done"] += 1
         self._publish([reply_draft(self._reply_topic(), cmd.id, reply)])
 

@@ -215,6 +215,39 @@ def test_commands(rig_factory: Any) -> None:
     assert seqs == list(range(len(seqs)))
 
 
+def test_a_command_that_raises_is_answered_and_the_agent_goes_on(
+    rig_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in one command's handler (anything but an AgentError) must not stop the agent: the
+    command gets a signed error reply, the error is counted, and the next command runs."""
+    real = Agent._run_command
+
+    def run(self: Agent, name: str, args: Any) -> dict[str, Any]:
+        if name == "status":
+            raise RuntimeError("a bug")
+        return real(self, name, args)
+
+    monkeypatch.setattr(Agent, "_run_command", run)
+    rig = rig_factory()
+    agent = rig.start()
+    c = rig.collector
+
+    def reply_to(cid: bytes) -> dict[str, Any] | None:
+        for m in c.of_kind(Kind.REPLY):
+            if m.payload[Key.ID] == cid:
+                return dict(m.payload[Key.REPLY])
+        return None
+
+    assert c.wait_for(lambda: bool(c.of_kind(Kind.BIRTH)))
+    c.send_command(command_cose("status", b"s" * 16, fleet=rig.fleet))
+    assert c.wait_for(lambda: reply_to(b"s" * 16) is not None)
+    assert reply_to(b"s" * 16) == {"ok": False, "error": "internal error: RuntimeError"}
+    c.send_command(command_cose("ping", b"p" * 16, fleet=rig.fleet))
+    assert c.wait_for(lambda: reply_to(b"p" * 16) is not None)
+    assert reply_to(b"p" * 16)["ok"] is True  # type: ignore[index]
+    assert agent.counters["command_errors"] == 1
+
+
 def test_claim_on_first_birth_only(rig_factory: Any) -> None:
     rig = rig_factory(extra='\n[enrol]\nclaim_token_file = "claim.token"\n')
     (rig.tmp / "claim.token").write_text("ab" * 32 + "\n")
