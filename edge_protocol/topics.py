@@ -136,6 +136,11 @@ def agg_topic(fleet: str, *parts: str) -> str:
     return f"{fleet_prefix(fleet)}/{FLEET_SEGMENT}/agg" + (f"/{tail}" if tail else "")
 
 
+def log_checkpoint_topic(fleet: str) -> str:
+    """``P/_fleet/log/checkpoint``: the fleet log's latest signed checkpoint (retained; docs/log.md)."""
+    return f"{fleet_prefix(fleet)}/{FLEET_SEGMENT}/log/checkpoint"
+
+
 def device_filter(fleet: str, dev: str) -> str:
     """Every topic of one device."""
     return f"{fleet_prefix(fleet)}/{validate_id(dev, 'device id')}/#"

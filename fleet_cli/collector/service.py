@@ -53,12 +53,14 @@ from edge_protocol.envelope import (
     Verdict,
     seal,
 )
+from edge_protocol.errors import ProtocolError
 from edge_protocol.keys import Signer
 from edge_protocol.payload import Key, Kind
 from edge_protocol.topics import (
     Channel,
     agg_topic,
     device_topic,
+    log_checkpoint_topic,
     parse_topic,
     verified_topic,
 )
@@ -83,6 +85,7 @@ from fleet_cli.collector.intake import (
     Route,
     _sanitize,
 )
+from fleet_cli.collector.log import CHECKPOINT_INTERVAL_S
 from fleet_cli.collector.stats import (
     CollectorStats,
     _Counters,
@@ -102,10 +105,12 @@ from fleet_cli.collector.verify_worker import (
     Item,
     VerifyPool,
 )
+from fleet_cli.errors import FleetError
 from fleet_cli.mqtt.connection import Connection
 from fleet_cli.registry import Registry
 
 if TYPE_CHECKING:  # prometheus_client loads only with --metrics-port
+    from edge_protocol.tlog import NoteSigner
     from fleet_cli.collector.metrics import CollectorMetrics
 
 log = logging.getLogger(__name__)
@@ -165,8 +170,14 @@ class Collector:
         registry: Registry,
         collector_signer: Signer,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        log_signer: NoteSigner | None = None,
+        checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S,
     ) -> None:
         self.config = config
+        # the fleet log's key (collector/log.py): with it, a signed checkpoint at most every interval
+        self._log_signer = log_signer
+        self._checkpoint_interval_s = checkpoint_interval_s
         self._registry = registry
         self._signer = collector_signer
         self._clock = clock
@@ -343,6 +354,7 @@ class Collector:
         next_expire = clock() + EXPIRE_INTERVAL_S
         next_agg = clock() + cfg.agg_interval_s
         next_log = clock() + cfg.log_interval_s
+        next_checkpoint = clock() + self._checkpoint_interval_s if self._log_signer else math.inf
 
         def dispatch() -> None:
             nonlocal building, next_id
@@ -377,7 +389,7 @@ class Collector:
         stopping = False
         while True:
             now = clock()
-            deadlines = [next_expire, next_agg, next_log]
+            deadlines = [next_expire, next_agg, next_log, next_checkpoint]
             if started is not None:
                 deadlines.append(started + cfg.batch_max_delay_s)
             if self._ack_due:
@@ -440,6 +452,9 @@ class Collector:
             if now >= next_log:
                 next_log = now + cfg.log_interval_s
                 self._log_progress()
+            if now >= next_checkpoint:
+                next_checkpoint = now + self._checkpoint_interval_s
+                self._checkpoint()
         # Stopping: whatever was taken is decided, committed, PUBACKed and acked before the disconnect;
         # chunks the verify workers do not answer in time are left to the broker (never PUBACKed).
         assert stopping
@@ -465,6 +480,7 @@ class Collector:
             self._flush(batch, mids)
         self._send_acks(force=True)
         self._publish_aggregates()
+        self._checkpoint()
         self._log_progress()
 
     def _decide(self, chunk: _Chunk, now: float, batch: Batch, mids: list[tuple[int, int]]) -> None:
@@ -706,6 +722,20 @@ class Collector:
             },
         }
         self._link.publish(agg_topic(self.config.fleet, "summary"), json.dumps(doc), qos=0, retain=True)
+
+    def _checkpoint(self) -> None:
+        """Sign a checkpoint if the log grew (store-wide: every collector's appends), store it and
+        publish it retained. A failure is counted and logged; the next interval tries again."""
+        if self._log_signer is None or self._store is None:
+            return
+        try:
+            note = self._store.sign_checkpoint(self._log_signer)
+        except (FleetError, ProtocolError) as e:  # StoreError, LogError; TlogError
+            self._count_error("signing a log checkpoint", e)
+            return
+        if note is None or self._link is None or not self._link.connected.is_set():
+            return
+        self._link.publish(log_checkpoint_topic(self.config.fleet), note, qos=1, retain=True)
 
     def _log_progress(self) -> None:
         s = self.snapshot()

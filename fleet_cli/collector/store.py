@@ -39,7 +39,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
@@ -47,14 +47,19 @@ from types import TracebackType
 from typing import Any, NamedTuple
 
 from edge_protocol.envelope import Verdict
+from edge_protocol.errors import TlogError
 from edge_protocol.spans import Spans
+from edge_protocol.tlog import NoteSigner, NoteVerifier, prove_record, prove_tree
 from fleet_cli import sqlite
+from fleet_cli.collector import log
 from fleet_cli.errors import FleetError
 
 # 1: the first release; 2: the quarantine bound (quarantine_tally, quarantine_share, their triggers);
 # 3: the latest heartbeat ordered by (metrics_boot, metrics_seq) instead of boot * 2^32 + seq, which
-#    overflowed 64 bits for a boot above 2^31 (docs/protocol.md §3 "Integers" lets boot reach 2^53-1).
-SCHEMA_VERSION = 3
+#    overflowed 64 bits for a boot above 2^31 (docs/protocol.md §3 "Integers" lets boot reach 2^53-1);
+# 4: the fleet log (log_leaves, log_hashes, log_checkpoints: collector/log.py); the migration appends
+#    the messages already stored, in id order.
+SCHEMA_VERSION = 4
 # Counters of seqs (gaps, drops) add up widths that a device chooses (each at most 2^53-1): they
 # saturate here, the largest INTEGER of SQLite (and of PostgreSQL's bigint), instead of overflowing.
 COUNTER_MAX = 2**63 - 1
@@ -407,6 +412,9 @@ def _upgrade(db: sqlite3.Connection, found: int) -> None:
     if columns and "metrics_boot" not in columns:
         for stmt in _MIGRATE_3:
             db.execute(stmt)
+    for stmt in log.SCHEMA:
+        db.execute(stmt)
+    log.append_new(db)  # schema 3 and older: the messages stored before the log, in id order
 
 
 def _now_ms() -> int:
@@ -527,6 +535,8 @@ class Store:
                 batch.touched.add((c.dev, gboot))  # an earlier boot's head may move over the drops
         # One statement per table and batch, rows in arrival order (the messages' ids keep it).
         db.executemany(INSERT_MESSAGE, [c[:MESSAGE_COLUMNS] for c in stored])
+        if stored:
+            log.append_new(db)  # the fleet log, in the same transaction (collector/log.py)
         if gap_rows:
             db.executemany(
                 "INSERT INTO gaps (dev, boot, first, last, source, why, t_ms) VALUES (?,?,?,?,?,?,?)",
@@ -722,6 +732,88 @@ class Store:
                 (dev, boot, new_head, new_id, now),
             )
         return AckHead(dev, boot, new_head, new_id)
+
+    def sign_checkpoint(self, signer: NoteSigner) -> str | None:
+        """Sign and store a checkpoint of the log if it grew since the latest; the signed note, or None."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    note = log.sign_new(self._db, signer, _now_ms())
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as e:
+                raise StoreError(f"store {self.path}: {e}") from e
+        return note
+
+    # -- the fleet log (reading) --------------------------------------------------------------
+
+    def _log_call(self, fn: Any, *args: Any) -> Any:
+        try:
+            with self._lock:
+                return fn(self._db, *args)
+        except sqlite3.Error as e:
+            raise StoreError(f"store {self.path}: {e}") from e
+        except TlogError as e:
+            raise log.LogError(str(e)) from e
+
+    def log_size(self) -> int:
+        return int(self._log_call(log.tree_size))
+
+    def read_hashes(self, indexes: Sequence[int]) -> list[bytes]:
+        """Stored hashes by number (a :class:`~edge_protocol.tlog.HashReader`)."""
+        return list(self._log_call(lambda db, ix: log.db_reader(db)(ix), indexes))
+
+    def checkpoint(self, size: int | None = None) -> log.StoredCheckpoint:
+        """The stored checkpoint of tree size ``size``, or the latest."""
+        cp: log.StoredCheckpoint = self._log_call(log.read_checkpoint, size)
+        return cp
+
+    def checkpoints(self) -> list[log.StoredCheckpoint]:
+        return [
+            log.StoredCheckpoint(int(s), bytes(r), str(n), int(t))
+            for s, r, n, t in self._query("SELECT size, root, note, t_ms FROM log_checkpoints ORDER BY size")
+        ]
+
+    def prove(
+        self, msg_id: bytes, size: int | None = None
+    ) -> tuple[int, bytes, log.StoredCheckpoint, list[bytes]]:
+        """``(leaf index, cose, checkpoint, inclusion proof)`` of a stored message against a stored
+        checkpoint (the latest by default): O(log n) stored hashes read."""
+        cp = self.checkpoint(size)
+        idx, cose = self._log_call(log.leaf_of, msg_id)
+        if idx >= cp.size:
+            raise log.LogError(
+                f"message {msg_id.hex()} is leaf {idx}, not in the checkpoint of size {cp.size}"
+            )
+        proof = self._log_call(lambda db: prove_record(cp.size, idx, log.db_reader(db)))
+        return idx, cose, cp, list(proof)
+
+    def prove_consistency(
+        self, old: int, new: int
+    ) -> tuple[log.StoredCheckpoint, log.StoredCheckpoint, list[bytes]]:
+        old_cp, new_cp = self.checkpoint(old), self.checkpoint(new)
+        if old > new:
+            raise log.LogError(f"old size {old} is larger than new size {new}")
+        proof = self._log_call(lambda db: prove_tree(new, old, log.db_reader(db)))
+        return old_cp, new_cp, list(proof)
+
+    def audit_log(self, verifier: NoteVerifier | None) -> list[str]:
+        """Recompute the log from the stored messages (streamed) and compare (collector/log.py ``audit``)."""
+        size = self.log_size()
+        count = self.count_messages()
+        problems = []
+        if count != size:
+            problems.append(f"the store holds {count} messages but the log has {size} leaves")
+        rows = self.iter_rows(
+            "SELECT l.idx, m.id, m.cose FROM log_leaves l JOIN messages m ON m.id = l.message ORDER BY l.idx"
+        )
+        problems += self._log_call(
+            lambda _db: log.audit(rows, self.read_hashes, size, self.checkpoints(), verifier)
+        )
+        return problems
 
     # -- reading ------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from edge_protocol.errors import InvalidId
 from edge_protocol.ids import validate_id
 from edge_protocol.keys import read_private_key
 from fleet_cli.collector.config import ACK_INTERVAL_S, REORDER_TIMEOUT_S, CollectorConfig
+from fleet_cli.collector.log import load_log_signer
 from fleet_cli.collector.service import Collector
 from fleet_cli.collector.store import QUARANTINE_MAX_ROWS, default_store_path
 from fleet_cli.errors import UsageError
@@ -106,8 +107,10 @@ def collect(
     if pkg.getEffectiveLevel() > logging.INFO:  # progress lines are the point of a foreground collector
         pkg.setLevel(logging.INFO)
     signer = read_private_key(fleet_home.collector_key)
+    # the fleet log's key: created here the first time a collector starts (docs/log.md)
+    log_signer = load_log_signer(fleet_home.root, fleet_home.fleet, create=True)
     with Registry(fleet_home.registry_db) as registry:
-        collector = Collector(config, registry, signer)
+        collector = Collector(config, registry, signer, log_signer=log_signer)
         collector.run_forever()
     s = collector.snapshot()
     evicted = f", {s.quarantine_evicted} quarantine rows evicted" if s.quarantine_evicted else ""

@@ -185,8 +185,10 @@ def collector_config(fleet: str, host: str, port: int, store: Path, **kw: Any) -
 
 
 @contextmanager
-def running(config: CollectorConfig, registry: Registry, signer: Signer | None = None) -> Iterator[Collector]:
-    c = Collector(config, registry, signer or Signer.generate())
+def running(
+    config: CollectorConfig, registry: Registry, signer: Signer | None = None, **kw: Any
+) -> Iterator[Collector]:
+    c = Collector(config, registry, signer or Signer.generate(), **kw)
     c.start()
     try:
         yield c

@@ -212,7 +212,7 @@ def test_migration_from_schema_1_counts_the_rows_already_there(tmp_path: Path) -
         assert Counter(d for _, d, _ in rows(path)) == {"a": 2, "b": 3, None: 3}
         assert s.quarantine_counts() == {"FORK": 3, "MALFORMED": 6, "TOPIC_MISMATCH": 3}
     with contextlib.closing(sqlite3.connect(path)) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == store_mod.SCHEMA_VERSION == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == store_mod.SCHEMA_VERSION == 4
         # the migration statements are idempotent: running them all again changes nothing
         before = db.execute("SELECT * FROM quarantine_tally ORDER BY verdict").fetchall()
         for stmt in store_mod._SCHEMA:
