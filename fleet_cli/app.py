@@ -25,6 +25,7 @@ from fleet_cli.commands import (
     export,
     init,
     inspect,
+    log,
     stats,
     status,
     user,
@@ -54,6 +55,7 @@ app.command("flash")(flash_cmd.flash_cmd)
 app.add_typer(device.app, name="device")
 app.add_typer(user.app, name="user")
 app.add_typer(broker.app, name="broker")
+app.add_typer(log.app, name="log")
 
 _VERBOSE = False
 
