@@ -5,6 +5,7 @@ Layout (docs/fleet-home.md)::
     <home>/fleet.toml      fleet id, broker host/SANs/ports, default MQTT users   0644
     <home>/operator.key    Ed25519 seed signing commands (kind 6)                 0600
     <home>/collector.key   Ed25519 seed signing acks (kind 5)                     0600
+    <home>/log.key         the fleet log's signing key (PRIVATE+KEY+edgeseal/..)  0600
     <home>/ca.crt          the fleet CA for the broker's TLS                      0644
     <home>/ca.key          its private key                                        0600
     <home>/registry.db     devices, users, claim tokens, bound keys (SQLite WAL)  0600
@@ -36,6 +37,7 @@ from broker_config.tls import CertAndKey, general_names, generate_ca
 from edge_protocol.errors import InvalidId
 from edge_protocol.ids import validate_id
 from edge_protocol.keys import Signer, atomic_write, write_private_key
+from edge_protocol.tlog import NoteSigner
 from fleet_cli.errors import FleetError, UsageError
 from fleet_cli.mqtt.settings import MqttSettings, MqttVersion
 from fleet_cli.registry import Registry
@@ -208,6 +210,19 @@ def parse_config(text: str, source: str = CONFIG_NAME) -> FleetConfig:
     )
 
 
+# The fleet log's origin and its key's name (docs/log.md §8): C2SP asks for a unique, schema-less name.
+LOG_ORIGIN_PREFIX = "edgeseal/"
+
+
+def log_origin(fleet: str) -> str:
+    return LOG_ORIGIN_PREFIX + fleet
+
+
+def write_log_key(path: Path, signer: NoteSigner) -> None:
+    """The log key as Go's ``PRIVATE+KEY+...`` string, mode 0600, atomically."""
+    atomic_write(Path(path), signer.skey().encode("ascii") + b"\n", 0o600)
+
+
 @dataclass(frozen=True)
 class FleetHome:
     """An initialised fleet home; paths are properties so nobody spells a file name twice."""
@@ -230,6 +245,11 @@ class FleetHome:
     @property
     def collector_key(self) -> Path:
         return self.root / "collector.key"
+
+    @property
+    def log_key(self) -> Path:
+        """The fleet log's signing key (docs/log.md §8)."""
+        return self.root / "log.key"
 
     @property
     def ca_cert(self) -> Path:
@@ -366,6 +386,7 @@ def init_fleet(
         staged = replace(target, root=work)
         write_private_key(staged.operator_key, Signer.generate())
         write_private_key(staged.collector_key, Signer.generate())
+        write_log_key(staged.log_key, NoteSigner.generate(log_origin(fleet)))
         ca = generate_ca(fleet, now=now)
         atomic_write(staged.ca_key, ca.key_pem, 0o600)
         atomic_write(staged.ca_cert, ca.cert_pem, 0o644)

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_protocol.errors import TlogError
-from edge_protocol.keys import atomic_write
 from edge_protocol.tlog import (
     Checkpoint,
     NoteSigner,
@@ -37,10 +36,8 @@ from edge_protocol.tlog import (
     tree_hash,
 )
 from fleet_cli.errors import FleetError
+from fleet_cli.home import log_origin, write_log_key
 
-# The log's origin (and its key's name): C2SP tlog-checkpoint says a schema-less URL-like unique name;
-# a fleet name is unique in its operator's world, so ``edgeseal/<fleet>``.
-ORIGIN_PREFIX = "edgeseal/"
 # The collector signs a new checkpoint at most this often while the tree grows.
 CHECKPOINT_INTERVAL_S = 5.0
 LOG_KEY_NAME = "log.key"
@@ -73,7 +70,8 @@ class LogError(FleetError):
 
 
 def origin(fleet: str) -> str:
-    return ORIGIN_PREFIX + fleet
+    """``edgeseal/<fleet>``: the log's origin and its key's name (fleet_cli/home.py)."""
+    return log_origin(fleet)
 
 
 # -- the log key --------------------------------------------------------------------------------
@@ -96,7 +94,7 @@ def load_log_signer(home_root: Path, fleet: str, *, create: bool = False) -> Not
                 hint="run `fleet log key --create` (or start `fleet collect`, which creates it)",
             ) from None
         signer = NoteSigner.generate(origin(fleet))
-        atomic_write(path, signer.skey().encode("ascii") + b"\n", 0o600)
+        write_log_key(path, signer)
         return signer
     except (OSError, UnicodeDecodeError) as e:
         raise LogError(f"cannot read the log key {path}: {e}") from e

@@ -26,7 +26,7 @@ def test_init_creates_everything(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "fleet plant-7 created" in capsys.readouterr().out
     fleet = FleetHome.load(home)
     assert fleet.fleet == "plant-7"
-    for key in (fleet.operator_key, fleet.collector_key, fleet.ca_key, fleet.registry_db):
+    for key in (fleet.operator_key, fleet.collector_key, fleet.log_key, fleet.ca_key, fleet.registry_db):
         assert _mode(key) == 0o600, key
     assert read_private_key(fleet.operator_key).public_key != read_private_key(fleet.collector_key).public_key
     assert _mode(home) in (0o700, 0o711)

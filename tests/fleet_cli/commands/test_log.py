@@ -48,7 +48,10 @@ def test_key_checkpoint_prove_consistency_audit(
 ) -> None:
     p = populated_home(tmp_path, mosquitto.host, mosquitto.port, n_results=4)
     home = ["--home", str(p.home.root)]
-    assert main(["log", "key", *home]) == 1  # no key yet: a clear error
+    assert main(["log", "key", *home]) == 0  # fleet init made it
+    assert NoteVerifier.parse(capsys.readouterr().out.strip()).name == f"edgeseal/{p.home.fleet}"
+    p.home.log_key.unlink()  # a home from before the log
+    assert main(["log", "key", *home]) == 1  # no key: a clear error
     assert "fleet log key --create" in capsys.readouterr().err
     assert main(["log", "key", "--create", *home]) == 0
     vkey = capsys.readouterr().out.strip()
