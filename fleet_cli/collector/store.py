@@ -755,6 +755,11 @@ class Store:
             with self._lock:
                 return fn(self._db, *args)
         except sqlite3.Error as e:
+            if "no such table: log_" in str(e):  # a store of schema 3 or older, not migrated yet
+                raise StoreError(
+                    f"store {self.path} has no fleet log yet",
+                    hint="start `fleet collect` once with this edgeseal: it migrates the store and builds it",
+                ) from e
             raise StoreError(f"store {self.path}: {e}") from e
         except TlogError as e:
             raise log.LogError(str(e)) from e

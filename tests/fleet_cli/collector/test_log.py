@@ -22,7 +22,7 @@ from edge_protocol.tlog import (
 from edge_protocol.topics import log_checkpoint_topic
 from fleet_cli.collector import log
 from fleet_cli.collector import store as store_mod
-from fleet_cli.collector.store import Batch, Candidate, Store
+from fleet_cli.collector.store import Batch, Candidate, Store, StoreError
 from fleet_cli.registry import Registry
 from tests._mosquitto import Broker
 from tests.fleet_cli._collect_sim import (
@@ -205,3 +205,18 @@ def test_a_running_collector_signs_stores_and_publishes_checkpoints(
         assert sorted(all_leaves(s)) == sorted(leaf_hash(m.cose) for m in msgs)
         assert cp.root_hash == merkle_tree_hash(all_leaves(s))
         assert s.audit_log(signer.verifier()) == []
+
+
+def test_reading_the_log_of_a_store_not_migrated_yet_says_what_to_do(tmp_path: Path) -> None:
+    """A reader (fleet log ...) of a schema 3 store whose collector has not restarted: one error with a
+    hint, not SQLite's bare "no such table"."""
+    path = tmp_path / "old.db"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        for stmt in store_mod._SCHEMA:
+            if "log_" not in stmt:
+                db.execute(stmt)
+        db.execute("PRAGMA user_version = 3")
+        db.commit()
+    with Store(path, readonly=True) as s, pytest.raises(StoreError, match="no fleet log yet") as e:
+        s.log_size()
+    assert "fleet collect" in (e.value.hint or "")
