@@ -102,6 +102,8 @@ def summary(snap: DemoSnapshot, duration_s: float) -> dict[str, Any]:
             for r in snap.devices
         },
         "attacks": snap.attacks,
+        # every stored message is a leaf of the fleet log, its root signed in checkpoints (docs/log.md)
+        "log": {"tree_size": snap.totals.log_size, "checkpoint_size": snap.totals.checkpoint_size},
     }
 
 
@@ -141,6 +143,8 @@ def _render(snap: DemoSnapshot, events: list[str], duration_s: float) -> Any:
     for v, n in sorted(snap.totals.rejected.items()):
         verdicts.add_row(safe_text(v, style="red"), str(n))
     verdicts.add_row("gaps reported", str(snap.totals.gaps))
+    signed = "-" if snap.totals.checkpoint_size is None else f"{snap.totals.checkpoint_size:,}"
+    verdicts.add_row("fleet log leaves / last signed checkpoint", f"{snap.totals.log_size:,} / {signed}")
     attacks = Table.grid(padding=(0, 2))
     if not snap.attacks:
         attacks.add_row("[dim]the attacker strikes a third of the way in[/]")

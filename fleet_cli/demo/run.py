@@ -376,6 +376,7 @@ class Demo:
     def _start_collector(self) -> None:
         from edge_protocol.keys import read_private_key
         from fleet_cli.collector.config import CollectorConfig
+        from fleet_cli.collector.log import load_log_signer
         from fleet_cli.collector.service import Collector
 
         mqtt = self.mqtt
@@ -397,7 +398,11 @@ class Demo:
             ack_interval_s=DEMO_ACK_INTERVAL_S,
             reorder_timeout_s=DEMO_REORDER_TIMEOUT_S,
         )
-        self.collector = Collector(config, self.registry, read_private_key(self.home.collector_key))
+        # The fleet log (docs/log.md): the demo's collector signs checkpoints like a real one.
+        log_signer = load_log_signer(self.home.root, self.home.fleet, create=True)
+        self.collector = Collector(
+            config, self.registry, read_private_key(self.home.collector_key), log_signer=log_signer
+        )
         self.collector.start()
         self._event("collector verifying, storing and acking (fleet-ack delivery)")
 

@@ -40,6 +40,8 @@ class CollectorView:
     latency_p95_ms: float | None
     devices: dict[str, dict[str, Any]]
     _store_path: Path
+    log_size: int = 0  # leaves in the fleet log (docs/log.md)
+    checkpoint_size: int | None = None  # the tree size of the latest signed checkpoint
 
     def verdict_of_attack(self, attack: AttackRecord) -> str | None:
         """What the collector decided about an injected message: its quarantine verdict, or
@@ -76,8 +78,10 @@ def collector_view(collector: Collector | None, store_path: Path) -> CollectorVi
                 last_labels[dev] = label or ""
             gaps = dict(conn.execute("SELECT dev, gaps FROM devices").fetchall())
             rejected = dict(conn.execute("SELECT dev, rejected FROM devices").fetchall())
+            log_size = int(conn.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM log_leaves").fetchone()[0])
+            checkpoint = conn.execute("SELECT MAX(size) FROM log_checkpoints").fetchone()[0]
     except sqlite3.Error:
-        gaps, rejected = {}, {}
+        gaps, rejected, log_size, checkpoint = {}, {}, 0, None
     for dev, n in s.stored_by_device.items():
         devices[dev] = {
             "accepted": n,
@@ -96,4 +100,6 @@ def collector_view(collector: Collector | None, store_path: Path) -> CollectorVi
         latency_p95_ms=s.latency_ms_p95,
         devices=devices,
         _store_path=store_path,
+        log_size=log_size,
+        checkpoint_size=None if checkpoint is None else int(checkpoint),
     )

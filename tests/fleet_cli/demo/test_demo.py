@@ -54,6 +54,10 @@ def _check_summary(summary: dict, devices: int) -> None:
     assert summary["rejected"].get("BAD_SIGNATURE", 0) >= 1
     assert summary["rejected"].get("UNKNOWN_KEY", 0) >= 1
     assert "ACCEPTED" not in summary["rejected"]
+    # the fleet log: every stored message a leaf, a checkpoint signed within the run (every 5 s)
+    assert summary["log"]["tree_size"] > 0
+    assert summary["log"]["checkpoint_size"] is not None
+    assert 0 < summary["log"]["checkpoint_size"] <= summary["log"]["tree_size"]
 
 
 def test_demo_with_mosquitto(tmp_path: Path) -> None:
