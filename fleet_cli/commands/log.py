@@ -23,6 +23,9 @@ app = typer.Typer(
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
+# A tree size is a count of stored rows: at most SQLite's largest INTEGER (the store holds it).
+MAX_TREE_SIZE = 2**63 - 1
+
 
 def _open(home: Path | None, store: Path | None) -> tuple[FleetHome, Store]:
     fleet_home = FleetHome.load(home)
@@ -74,7 +77,8 @@ def prove(
     msg_id: Annotated[str, typer.Argument(help="The message's msg_id (hex, as `fleet export` shows it).")],
     *,
     size: Annotated[
-        int | None, typer.Option("--size", help="Prove against the checkpoint of this size.")
+        int | None,
+        typer.Option("--size", min=1, max=MAX_TREE_SIZE, help="Prove against the checkpoint of this size."),
     ] = None,
     as_json: JsonOption = False,
     home: HomeOption = None,
@@ -106,8 +110,12 @@ def prove(
 
 @app.command("consistency")
 def consistency(
-    old: Annotated[int, typer.Argument(help="Tree size of the older stored checkpoint.")],
-    new: Annotated[int, typer.Argument(help="Tree size of the newer stored checkpoint.")],
+    old: Annotated[
+        int, typer.Argument(min=1, max=MAX_TREE_SIZE, help="Tree size of the older stored checkpoint.")
+    ],
+    new: Annotated[
+        int, typer.Argument(min=1, max=MAX_TREE_SIZE, help="Tree size of the newer stored checkpoint.")
+    ],
     *,
     as_json: JsonOption = False,
     home: HomeOption = None,

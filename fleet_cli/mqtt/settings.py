@@ -11,6 +11,8 @@ from pathlib import Path
 
 from fleet_cli.errors import FleetError
 
+MAX_PORT = 65_535  # TCP port numbers are 16 bits (RFC 793)
+
 # Keepalive for fleet-side clients; Mosquitto caps it at its max_keepalive (300 s).
 KEEPALIVE_S = 30
 
@@ -39,6 +41,12 @@ class MqttSettings:
     client_id: str = ""
     persistent: bool = False  # clean_start / clean_session False, session expiry set
     keepalive_s: int = KEEPALIVE_S
+
+    def __post_init__(self) -> None:
+        # Every fleet-side connection is made from these settings: a port from a CLI option or
+        # fleet.toml is checked here once, not as an OverflowError deep in the socket layer.
+        if type(self.port) is not int or not 1 <= self.port <= MAX_PORT:
+            raise MqttError(f"broker port {str(self.port)[:24]} is not in 1..{MAX_PORT}", hint="check --port")
 
     def __repr__(self) -> str:  # no password in logs or tracebacks
         return (

@@ -110,3 +110,24 @@ def test_key_checkpoint_prove_consistency_audit(
     err = capsys.readouterr().err
     assert "audit FAILED: leaf 3" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["consistency", "1", "99999999999999999999"],
+        ["consistency", "0", "3"],
+        ["prove", "ab" * 32, "--size", "99999999999999999999"],
+        ["prove", "ab" * 32, "--size", "0"],
+        ["prove", "not-hex"],
+    ],
+)
+def test_hostile_sizes_and_ids_are_usage_errors(
+    args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A size past SQLite's INTEGER reached the store as an OverflowError traceback."""
+    from fleet_cli.home import init_fleet
+
+    home = init_fleet(tmp_path / "home", "f1")
+    assert main(["log", *args, "--home", str(home.root)]) == 2
+    assert "Traceback" not in capsys.readouterr().err

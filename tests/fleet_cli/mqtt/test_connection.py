@@ -163,3 +163,10 @@ def test_acked_deliveries_leave_the_persistent_session(
         link.ack_many([m.mid for m in again])
     finally:
         link.close()
+
+
+@pytest.mark.parametrize("port", [0, -1, 65_536, 99_999_999_999_999_999_999])
+def test_a_port_out_of_range_is_one_error(port: int) -> None:
+    """--port 99999999999999999999 on fleet watch/collect/cmd was an OverflowError in the socket layer."""
+    with pytest.raises(MqttError, match=r"not in 1\.\.65535"):
+        MqttSettings(port=port)
