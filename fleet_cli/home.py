@@ -214,7 +214,11 @@ def parse_config(text: str, source: str = CONFIG_NAME) -> FleetConfig:
 LOG_ORIGIN_PREFIX = "edgeseal/"
 
 
+LOG_KEY_NAME = "log.key"  # in the fleet home (docs/log.md §8)
+
+
 def log_origin(fleet: str) -> str:
+    """``edgeseal/<fleet>``: the fleet log's origin and its key's name (docs/log.md §8)."""
     return LOG_ORIGIN_PREFIX + fleet
 
 
@@ -249,7 +253,7 @@ class FleetHome:
     @property
     def log_key(self) -> Path:
         """The fleet log's signing key (docs/log.md §8)."""
-        return self.root / "log.key"
+        return self.root / LOG_KEY_NAME
 
     @property
     def ca_cert(self) -> Path:

@@ -36,11 +36,10 @@ from edge_protocol.tlog import (
     tree_hash,
 )
 from fleet_cli.errors import FleetError
-from fleet_cli.home import log_origin, write_log_key
+from fleet_cli.home import LOG_KEY_NAME, log_origin, write_log_key
 
 # The collector signs a new checkpoint at most this often while the tree grows.
 CHECKPOINT_INTERVAL_S = 5.0
-LOG_KEY_NAME = "log.key"
 # How many messages the migration (or a backfill) hashes per round trip: memory stays flat.
 _CHUNK = 1000
 
@@ -69,22 +68,13 @@ class LogError(FleetError):
     """The fleet log cannot answer (unknown message, no such checkpoint, a store that disagrees)."""
 
 
-def origin(fleet: str) -> str:
-    """``edgeseal/<fleet>``: the log's origin and its key's name (fleet_cli/home.py)."""
-    return log_origin(fleet)
-
-
 # -- the log key --------------------------------------------------------------------------------
-
-
-def log_key_path(home_root: Path) -> Path:
-    return Path(home_root) / LOG_KEY_NAME
 
 
 def load_log_signer(home_root: Path, fleet: str, *, create: bool = False) -> NoteSigner:
     """The log's signing key from ``<home>/log.key`` (Go's ``PRIVATE+KEY+...`` string, mode 0600);
     created when missing if ``create``."""
-    path = log_key_path(home_root)
+    path = Path(home_root) / LOG_KEY_NAME
     try:
         text = path.read_text(encoding="ascii").strip()
     except FileNotFoundError:
@@ -93,7 +83,7 @@ def load_log_signer(home_root: Path, fleet: str, *, create: bool = False) -> Not
                 f"no log key at {path}",
                 hint="run `fleet log key --create` (or start `fleet collect`, which creates it)",
             ) from None
-        signer = NoteSigner.generate(origin(fleet))
+        signer = NoteSigner.generate(log_origin(fleet))
         write_log_key(path, signer)
         return signer
     except (OSError, UnicodeDecodeError) as e:
@@ -104,8 +94,10 @@ def load_log_signer(home_root: Path, fleet: str, *, create: bool = False) -> Not
         signer = NoteSigner.parse(text)
     except TlogError as e:
         raise LogError(f"log key {path}: {e}") from e
-    if signer.name != origin(fleet):
-        raise LogError(f"log key {path} is named {signer.name!r}, not this fleet's origin {origin(fleet)!r}")
+    if signer.name != log_origin(fleet):
+        raise LogError(
+            f"log key {path} is named {signer.name!r}, not this fleet's origin {log_origin(fleet)!r}"
+        )
     return signer
 
 

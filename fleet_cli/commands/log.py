@@ -146,7 +146,7 @@ def audit(*, home: HomeOption = None, store: StoreOption = None) -> None:
     """Recompute the whole log from the stored messages and compare hashes, checkpoints and signatures."""
     fleet_home, st = _open(home, store)
     verifier: NoteVerifier | None = None
-    if log.log_key_path(fleet_home.root).exists():
+    if fleet_home.log_key.exists():
         verifier = log.load_log_signer(fleet_home.root, fleet_home.fleet).verifier()
     with st:
         problems = st.audit_log(verifier)

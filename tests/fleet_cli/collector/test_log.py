@@ -23,6 +23,7 @@ from edge_protocol.topics import log_checkpoint_topic
 from fleet_cli.collector import log
 from fleet_cli.collector import store as store_mod
 from fleet_cli.collector.store import Batch, Candidate, Store, StoreError
+from fleet_cli.home import log_origin
 from fleet_cli.registry import Registry
 from tests._mosquitto import Broker
 from tests.fleet_cli._collect_sim import (
@@ -61,7 +62,7 @@ def all_leaves(s: Store) -> list[bytes]:
 
 
 def test_batches_build_the_rfc6962_tree_and_proofs_check(tmp_path: Path) -> None:
-    signer = NoteSigner.generate(log.origin("f1"))
+    signer = NoteSigner.generate(log_origin("f1"))
     msgs = chain("d", 37)
     with Store(tmp_path / "s.db") as s:
         sizes = []
@@ -126,7 +127,7 @@ def test_a_schema_3_store_gets_its_messages_appended(tmp_path: Path, monkeypatch
 
 
 def test_audit_finds_a_rewritten_message_and_a_changed_hash(tmp_path: Path) -> None:
-    signer = NoteSigner.generate(log.origin("f1"))
+    signer = NoteSigner.generate(log_origin("f1"))
     path = tmp_path / "s.db"
     with Store(path) as s:
         s.commit(Batch(candidates=chain("d", 12)))
@@ -148,7 +149,7 @@ def test_audit_finds_a_rewritten_message_and_a_changed_hash(tmp_path: Path) -> N
         problems = s.audit_log(signer.verifier())
         assert problems
         assert "stored hash 3" in problems[0]
-    other = NoteSigner.generate(log.origin("f1"))
+    other = NoteSigner.generate(log_origin("f1"))
     with contextlib.closing(sqlite3.connect(path)) as db:
         db.execute("UPDATE log_hashes SET hash = ? WHERE idx = 3", (leaf_hash(b"cose of d seq 2"),))
         db.commit()
@@ -177,7 +178,7 @@ def test_a_running_collector_signs_stores_and_publishes_checkpoints(
 ) -> None:
     fleet = unique_fleet()
     d = add_devices(registry, fleet, ["dev-01"])["dev-01"]
-    signer = NoteSigner.generate(log.origin(fleet))
+    signer = NoteSigner.generate(log_origin(fleet))
     store = tmp_path / "store.db"
     cfg = collector_config(fleet, mosquitto.host, mosquitto.port, store)
     with running(cfg, registry, log_signer=signer, checkpoint_interval_s=0.2) as c:
